@@ -1,0 +1,189 @@
+"""PrefixRL: on-policy RL on hard problems conditioned on prefixes of very off-policy correct traces.
+
+One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut at
+3 fixed points in 40-80% of its length; each prefix goes at the start of the assistant turn as
+unfinished reasoning. REINFORCE then runs on a 3:1 mix of prefixed and original problems, with the
+loss masked on prefix tokens: the policy learns only from tokens it sampled itself.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import models
+import tasks
+import utils
+
+
+@dataclass
+class Args:
+    seed: int = 1
+    """seed of this run (sampling, data order); the base model, problems and traces have their own"""
+    run_dir: Optional[str] = None
+    """where args.json and metrics.jsonl go (default: runs/<script>__<seed>__<time>)"""
+    cache_dir: str = "cache"
+    """base models and off-policy traces are cached here and shared by every run"""
+    threads: int = 2
+    """torch CPU threads (give 1 to each of several runs in parallel)"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    model: str = "toy"
+    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), a local HF dir, or a hub id"""
+    toy_pretrain_steps: int = 700
+    """pretraining steps of the toy base model (part of its cache key)"""
+    hard_min: int = 6
+    """toy task: fewest hard steps per problem (difficulty); 9 is the stall setting"""
+    hard_max: int = 8
+    """toy task: most hard steps per problem"""
+    n_train: int = 64
+    """hard training problems drawn; the pool keeps those for which a trace was found"""
+    n_heldout: int = 64
+    """held-out problems of the same difficulty, never trained on"""
+    task_seed: int = 0
+    """seed of the problem draw (train / held-out split)"""
+    trace_budget: int = 1024
+    """rejection-sampling budget per problem (samples), stopping at the first correct one"""
+    trace_seed: int = 0
+    """seed of trace collection (one trace cache serves every run)"""
+    traces: Optional[str] = None
+    """use this traces file instead of collecting (e.g. traces from another model)"""
+    cuts_per_trace: int = 3
+    """prefixes per trace, cut once and kept fixed"""
+    cut_min: float = 0.4
+    """shortest prefix, as a fraction of the trace's tokens"""
+    cut_max: float = 0.8
+    """longest prefix, as a fraction of the trace's tokens"""
+    prefixed_fraction: float = 0.75
+    """share of prefixed prompts in each step (0.75 = the paper's 3:1 mix)"""
+    prefixed_only: bool = False
+    """train on prefixed problems only (the back-generalization experiment)"""
+    steps: int = 150
+    """RL steps (one gradient step each)"""
+    prompts_per_step: int = 16
+    """prompts per step"""
+    rollouts: int = 8
+    """rollouts per prompt (the group of the group-mean baseline)"""
+    temperature: float = 1.0
+    """sampling temperature for training rollouts"""
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this"""
+    std_normalize: bool = False
+    """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
+    loss_agg: Literal["token", "sequence"] = "token"
+    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
+    micro_batch: int = 128
+    """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
+    eval_every: int = 10
+    """evaluate (always without prefix) every this many steps, and at the start and end"""
+    eval_samples: int = 16
+    """samples per problem at evaluation (pass@k for k <= this)"""
+    eval_temperature: float = 0.7
+    """sampling temperature at evaluation"""
+
+
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+    The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
+    Returns the mean policy entropy over sampled tokens."""
+    if loss_agg == "token":
+        weights = loss_mask / loss_mask.sum()
+    else:
+        weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
+    weights = weights * advantages[:, None].to(weights)
+    entropy = 0.0
+    for s in range(0, len(ids), micro_batch):
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        (-(weights[s : s + micro_batch] * logp).sum()).backward()
+        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+    return entropy / loss_mask.sum().item()
+
+
+def main(args: Args):
+    utils.check_args(args)
+    rng, generator = utils.seed_everything(args.seed, args.threads)
+
+    # MODEL, PROBLEMS
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
+    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    n_params = utils.count_params(model)
+
+    # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front
+    if args.traces:
+        traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
+    else:
+        trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+    if not traces:
+        raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
+    originals = [p for p in task.train if p.id in traces]
+    flops = trace_flops
+    print(f"{len(originals)}/{len(task.train)} problems have a trace")
+    run_dir = utils.start_run(args, "prefixrl")
+
+    # PREFIXED PROBLEMS: fixed token-level cuts of each trace, continued in the assistant turn
+    by_id = {p.id: p for p in originals}
+    prefixed = [(by_id[pid], prefix) for pid, prefix in utils.cut_prefixes(traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)]
+    n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
+
+    # TRAINING
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    start = time.time()
+    for step in tqdm(range(args.steps + 1), desc="PrefixRL", mininterval=2):
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
+            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
+                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step == args.steps:
+            break
+
+        # ROLLOUTS: n per prompt, from a 3:1 mix of prefixed and original problems; a prefixed prompt
+        # is the problem's prompt extended by the prefix, which the policy continues
+        model.eval()
+        batch = [prefixed[i] for i in rng.choice(len(prefixed), n_prefixed, replace=len(prefixed) < n_prefixed)]
+        n_original = args.prompts_per_step - n_prefixed
+        batch += [(originals[i], []) for i in rng.choice(len(originals), n_original, replace=len(originals) < n_original)]
+        contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        # the verifier reads the whole assistant turn: prefix + response
+        rewards = [task.reward(p, prefix + r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
+
+        # REINFORCE: advantage = reward - group mean; the prefix is context, so the loss mask starts
+        # right after it: no gradient flows through tokens the policy did not sample
+        advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
+        ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
+        model.train()
+        optimizer.zero_grad()
+        entropy = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        optimizer.step()
+
+        # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
+        tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
+        flops += 8 * n_params * tokens
+        groups = np.array(rewards).reshape(-1, args.rollouts)
+        has_prefix = np.repeat(np.arange(args.prompts_per_step) < n_prefixed, args.rollouts)
+        utils.log_metrics(run_dir, {
+            "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
+            "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
+            "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
+            "time": time.time() - start,
+        })
+
+    # SUMMARY
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
+          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+
+
+if __name__ == "__main__":
+    with utils.clean_errors():
+        main(tyro.cli(Args))

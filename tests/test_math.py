@@ -1,0 +1,175 @@
+"""The math of the loss, advantages, pass@k and prefixes."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import models
+import prefixrl
+import standard_rl
+import tasks
+import utils
+
+SCRIPTS = [standard_rl, prefixrl]
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(models.toy_config(hidden_size=32, intermediate_size=64, num_hidden_layers=2))
+
+
+def random_batch(seed=0):
+    """8 rollouts: prompt + prefix (context) of varying length, responses of varying length, pads."""
+    g = torch.Generator().manual_seed(seed)
+    contexts, responses = [], []
+    for i in range(8):
+        contexts.append(torch.randint(5, len(tasks.VOCAB), (6 + i % 3,), generator=g).tolist())
+        responses.append(torch.randint(5, len(tasks.VOCAB), (3 + (5 * i) % 7,), generator=g).tolist())
+    return contexts, responses
+
+
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_loss_mask_covers_exactly_the_sampled_tokens():
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    for i, (c, r) in enumerate(zip(contexts, responses)):
+        # mask[t] = 1 iff token t+1 is a response token
+        expected = [0] * (len(c) - 1) + [1] * len(r) + [0] * (ids.shape[1] - len(c) - len(r))
+        assert mask[i].tolist() == expected
+        assert ids[i, len(c) : len(c) + len(r)].tolist() == r
+        assert attn[i].sum() == len(c) + len(r)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monkeypatch):
+    model = tiny_model()
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    captured = []
+
+    def spy(*a, **k):
+        logp, ent = utils_token_logprobs(*a, **k)
+        logp.retain_grad()
+        captured.append(logp)
+        return logp, ent
+
+    utils_token_logprobs = utils.token_logprobs
+    monkeypatch.setattr(utils, "token_logprobs", spy)
+    advantages = torch.linspace(-1, 1, 8)
+    script.reinforce_backward(model, ids, attn, mask, advantages, 8, loss_agg)
+    g = captured[0].grad
+    assert torch.all(g[mask == 0] == 0)  # prompt, prefix and padding: exactly zero
+    assert torch.all(g[(mask == 1) & (advantages[:, None] != 0)] != 0)  # every sampled token learns
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_pad_tokens_do_not_change_the_gradient(script):
+    contexts, responses = random_batch()
+    out = []
+    for pad in [tasks.PAD, 7]:
+        model = tiny_model()
+        ids, attn, mask = utils.make_batch(contexts, responses, pad, "cpu")
+        script.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 8, "token")
+        out.append(grads(model))
+    assert torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    advantages = torch.linspace(-1, 1, 8)
+    out = []
+    for micro in [8, 4, 2, 1]:
+        model = tiny_model()
+        script.reinforce_backward(model, ids, attn, mask, advantages, micro, loss_agg)
+        out.append(grads(model))
+    for g in out[1:]:
+        torch.testing.assert_close(g, out[0], rtol=1e-5, atol=1e-7)
+
+
+def test_reinforce_gradient_matches_the_formula():
+    """Token-mean loss: grad = -(1/T) sum_i sum_t A_i grad log pi(y_it), T = sampled tokens."""
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    advantages = torch.linspace(-1, 1, 8)
+    model = tiny_model()
+    standard_rl.reinforce_backward(model, ids, attn, mask, advantages, 4, "token")
+    got = grads(model)
+    model.zero_grad()
+    logits = model(ids, attention_mask=attn).logits[:, :-1]
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    (-(advantages[:, None] * logp * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("std_normalize", [False, True])
+def test_equal_rewards_give_zero_advantage_and_zero_gradient(std_normalize):
+    rewards = [0.0] * 8 + [1.0] * 8 + [0, 1, 0, 0, 1, 0, 0, 0]
+    adv = utils.group_advantages(rewards, 8, std_normalize)
+    assert torch.all(adv[:16] == 0)
+    assert adv[16:].abs().sum() > 0
+    assert abs(adv[16:].sum().item()) < 1e-5  # a group's advantages sum to zero
+    model = tiny_model()
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    standard_rl.reinforce_backward(model, ids, attn, mask, adv[:8], 8, "token")
+    assert torch.all(grads(model) == 0)
+
+
+def test_group_advantage_is_reward_minus_group_mean():
+    adv = utils.group_advantages([1, 0, 0, 0, 1, 1, 0, 1], 4)
+    assert adv.tolist() == [0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25]
+
+
+@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 9) for c in range(n + 1) for k in range(1, n + 1)])
+def test_pass_at_k_matches_brute_force(n, c, k):
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+    assert math.isclose(utils.pass_at_k(n, c, k), brute, abs_tol=1e-12)
+
+
+def test_prefixes_are_fixed_token_cuts_in_range():
+    traces = {f"p{i}": utils.Trace(f"p{i}", list(range(100 + i)), "", 1, 0.0, []) for i in range(20)}
+    cuts = utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
+    assert len(cuts) == 60 and cuts == utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
+    for pid, prefix in cuts:
+        full = traces[pid].token_ids
+        assert prefix == full[: len(prefix)]
+        assert 0.4 * len(full) - 0.5 <= len(prefix) <= 0.8 * len(full) + 0.5
+    assert len({len(p) for _, p in cuts}) > 10  # really drawn, not one fixed fraction
+
+
+def test_toy_reward_reads_only_the_final_answer():
+    task = tasks.make_toy_task(10, 6, 8, 2, 0, 0)
+    p = task.train[0]
+    good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"], 10)[0])
+    assert task.reward(p, good) == 1.0
+    def bump(ids, i):  # the same register, value + 1
+        word = task.decode([ids[i]])
+        ids[i] = tasks.WORD_ID[word[0] + str((int(word[1:]) + 1) % 11)]
+
+    wrong_step = list(good)
+    bump(wrong_step, 3)
+    assert task.reward(p, wrong_step) == 1.0  # outcome reward: steps are not checked
+    wrong_answer = list(good)
+    bump(wrong_answer, len(good) - 2)
+    assert task.reward(p, wrong_answer) == 0.0
+    assert task.reward(p, good[:-5]) == 0.0  # no '=': no answer
+    assert len(set(map(str, (q.answer for q in tasks.make_toy_task(10, 0, 30, 400, 0, 1).train)))) > 200  # a wide answer space
+
+
+def test_toy_splits_are_deterministic_and_disjoint():
+    a, b = tasks.make_toy_task(10, 6, 8, 32, 32, 3), tasks.make_toy_task(10, 6, 8, 32, 32, 3)
+    assert [p.id for p in a.train + a.heldout] == [p.id for p in b.train + b.heldout]
+    assert not {p.id for p in a.train} & {p.id for p in a.heldout}
+    assert all(6 <= p.meta["hard"] <= 8 for p in a.train + a.heldout)

@@ -1,0 +1,286 @@
+"""Shared pieces of the four algorithm scripts: sampling, log-probs, evaluation, off-policy traces,
+prefixes, FLOPs accounting and metrics logging. No training loop lives here."""
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+class InputError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def clean_errors():
+    try:
+        yield
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def seed_everything(seed: int, threads: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
+# RUN DIR AND METRICS
+def start_run(args, script: str) -> str:
+    run_dir = args.run_dir or os.path.join("runs", f"{script}__{args.seed}__{int(time.time())}")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(dict(vars(args), script=script), f, indent=2)
+    return run_dir
+
+
+def log_metrics(run_dir: str, row: dict):
+    """One JSON object per line, flushed at once so a killed run keeps every row it logged."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def check_args(args):
+    """Flags shared by the scripts; each bad value stops with one line."""
+    checks = [
+        (args.rollouts >= 2, f"--rollouts must be >= 2 (a group-mean baseline needs two), got {args.rollouts}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
+        ((args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
+         f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}"),
+    ]
+    if hasattr(args, "cut_min"):
+        checks.append((0 <= args.cut_min <= args.cut_max <= 1,
+                       f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {args.cut_min}..{args.cut_max}"))
+    for ok, msg in checks:
+        if not ok:
+            raise InputError(msg)
+
+
+# SAMPLING: batched, left-padded, with a KV cache
+@torch.no_grad()
+def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=512):
+    """Sample one continuation per prompt. Returns (responses, logprobs): token ids (ending with eos
+    when the model stopped) and the sampling log-prob of each token, at this temperature."""
+    responses, logprobs = [], []
+    for start in range(0, len(prompts), batch_size):
+        r, lp = _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature, eos_id, pad_id, generator)
+        responses += r
+        logprobs += lp
+    return responses, logprobs
+
+
+def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(p) for p in prompts], device=device)[:, None]).long()
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out_tokens, out_lp = [], []
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    past = None
+    for _ in range(max_new_tokens):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
+        token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(device)[:, 0]
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        out_tokens.append(token)
+        out_lp.append(logp.gather(-1, token[:, None])[:, 0])
+        done |= token == eos_id
+        if done.all():
+            break
+        ids, position = token[:, None], position[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
+    tokens, lps = torch.stack(out_tokens, 1).tolist(), torch.stack(out_lp, 1).tolist()
+    responses, logprobs = [], []
+    for row, lp in zip(tokens, lps):
+        n = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:n])
+        logprobs.append(lp[:n])
+    return responses, logprobs
+
+
+# LOG-PROBS: per token, from hidden states, a chunk of positions at a time
+def make_batch(contexts, responses, pad_id, device):
+    """Right-padded (context + response) ids; loss_mask[b, t] = 1 where token t+1 is a response
+    token, i.e. one the policy sampled. Context tokens (prompt, and prefix in PrefixRL) and pads get 0."""
+    width = max(len(c) + len(r) for c, r in zip(contexts, responses))
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(contexts), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(contexts), width - 1))
+    for i, (c, r) in enumerate(zip(contexts, responses)):
+        ids[i, : len(c) + len(r)] = torch.tensor(list(c) + list(r))
+        attn[i, : len(c) + len(r)] = 1
+        loss_mask[i, len(c) - 1 : len(c) + len(r) - 1] = 1
+    return ids.to(device), attn.to(device), loss_mask.to(device)
+
+
+def token_logprobs(model, ids, attn, chunk=1024):
+    """log pi(token_{t+1} | tokens_<=t) and the policy's entropy at each position, shape [B, T-1].
+    The lm head runs on `chunk` positions at a time (recomputed in backward), so full-vocabulary fp32
+    logits never exist for the whole batch at once."""
+    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    head, targets = model.get_output_embeddings(), ids[:, 1:]
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    logps, ents = [], []
+    for s in range(0, flat_h.shape[0], chunk):
+        lp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, head, flat_h[s : s + chunk], flat_t[s : s + chunk], use_reentrant=False)
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps).view_as(targets), torch.cat(ents).view_as(targets)
+
+
+def _head_logprobs(head, h, t):
+    logp = torch.log_softmax(head(h).float(), -1)
+    return logp.gather(-1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1).detach()
+
+
+def group_advantages(rewards, group_size, std_normalize=False):
+    """A_i = r_i - mean(group); optionally / (std(group) + 1e-6). Equal rewards give exactly 0."""
+    r = torch.as_tensor(rewards, dtype=torch.float32).view(-1, group_size)
+    adv = r - r.mean(1, keepdim=True)
+    if std_normalize:
+        adv = adv / (r.std(1, keepdim=True) + 1e-6)
+    return adv.view(-1)
+
+
+# EVALUATION: pass@k with the unbiased estimator
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """1 - C(n-c, k) / C(n, k): the chance that k of the n samples include a correct one."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@torch.no_grad()
+def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contexts=None):
+    """Sample n completions per problem (from its prompt, or from `contexts`) and return
+    ({k: mean pass@k}, per-problem correct counts)."""
+    contexts = contexts or [p.prompt_ids for p in problems]
+    prompts = [c for c in contexts for _ in range(n)]
+    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator)
+    counts = [0] * len(problems)
+    for i, (ctx, resp) in enumerate(zip(prompts, responses)):
+        p = problems[i // n]
+        counts[i // n] += int(task.reward(p, list(ctx[len(p.prompt_ids):]) + resp) > 0)
+    return {k: float(np.mean([pass_at_k(n, c, k) for c in counts])) for k in ks if k <= n}, counts
+
+
+# FLOPS: 2·N·D to sample, 6·N·D to train (N parameters, D tokens)
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# OFF-POLICY TRACES: rejection sampling from the base model, cached on disk
+@dataclass
+class Trace:
+    problem_id: str
+    token_ids: list
+    """the correct response, as the base model's token ids"""
+    text: str
+    attempts: int
+    """samples drawn for this problem up to and including the first correct one"""
+    flops: float
+    """sampling FLOPs spent on this problem"""
+    behaviour_logprobs: list
+    """per-token log-prob of the trace under the sampling distribution (base model at that temperature)"""
+
+
+def trace_cache_path(cache_dir, model_id, task, budget, seed):
+    """One cache file per (model, problems, budget, seed): a different model or task never reuses it."""
+    tag = hashlib.sha256(f"{model_id}|{task.fingerprint}".encode()).hexdigest()[:12]
+    return os.path.join(cache_dir, f"traces-{task.name}-{tag}-b{budget}-s{seed}.json")
+
+
+def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=512, model_id=""):
+    """One verified-correct trace per problem by rejection sampling, stopping at the first success,
+    at most `budget` samples per problem. Returns (traces by problem id, total sampling FLOPs)."""
+    from tqdm import tqdm
+
+    key = dict(model=model_id, task=task.fingerprint, budget=budget, temperature=temperature, seed=seed,
+               problems=hashlib.sha256("".join(p.id for p in problems).encode()).hexdigest()[:16])
+    if os.path.exists(cache_path):
+        return load_traces(cache_path, key)
+    generator = torch.Generator().manual_seed(seed)
+    n_params, traces = count_params(model), {}
+    attempts, flops = {p.id: 0 for p in problems}, {p.id: 0.0 for p in problems}
+    bar = tqdm(total=len(problems) * budget, desc="rejection sampling", mininterval=2)
+    while True:
+        active = [p for p in problems if p.id not in traces and attempts[p.id] < budget]
+        if not active:
+            break
+        per = max(1, min(batch_size // len(active), budget))
+        todo = [(p, min(per, budget - attempts[p.id])) for p in active]
+        prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
+        owners = [p for p, m in todo for _ in range(m)]
+        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size)
+        for p, resp, lp in zip(owners, responses, logprobs):
+            if p.id in traces:  # stop at the first success: later samples in this batch are not counted
+                continue
+            attempts[p.id] += 1
+            flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))
+            if task.reward(p, resp) > 0:
+                traces[p.id] = Trace(p.id, resp, task.decode(resp), attempts[p.id], flops[p.id], lp)
+        bar.update(len(prompts))
+        bar.set_postfix(found=len(traces), active=len(active))
+    bar.close()
+    total = sum(flops.values())
+    save_traces(cache_path, key, traces, total, attempts)
+    return traces, total
+
+
+def save_traces(path, key, traces, total_flops, attempts):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(dict(format="prefixrl-traces-v1", key=key, total_flops=total_flops, attempts=attempts,
+                       traces=[asdict(t) for t in traces.values()]), f)
+    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+
+
+def load_traces(path, key=None, problems=None):
+    """Read a traces file; with `key`, it must have been collected for exactly this model/task/budget;
+    with `problems`, it must hold traces for some of them (others are ignored)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        assert data.get("format") == "prefixrl-traces-v1"
+        traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
+    except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+        raise InputError(f"traces file '{path}' is unreadable or not a prefixrl traces file ({type(e).__name__}); delete it to re-collect") from None
+    if key is not None and data["key"] != key:
+        diff = sorted(k for k in key if data["key"].get(k) != key[k])
+        raise InputError(f"traces file '{path}' was collected for a different {'/'.join(diff)}; delete it or pass another --traces path")
+    if problems is not None:
+        ids = {p.id for p in problems}
+        if traces and not ids & set(traces):
+            raise InputError(f"traces file '{path}' holds traces for other problems (none of its {len(traces)} ids is a training problem here)")
+        traces = {pid: t for pid, t in traces.items() if pid in ids}
+    return traces, data["total_flops"]
+
+
+def cut_prefixes(traces, n_cuts, cut_min, cut_max, seed):
+    """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its length.
+    Returns [(problem_id, prefix_ids)], drawn once, from their own seed, so every run sees the same."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for pid in sorted(traces):
+        ids = traces[pid].token_ids
+        for _ in range(n_cuts):
+            cut = int(round(rng.uniform(cut_min, cut_max) * len(ids)))
+            out.append((pid, ids[:cut]))
+    return out
