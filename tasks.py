@@ -14,7 +14,7 @@ import numpy as np
 from utils import InputError
 
 MOD = 11  # values live in Z_11
-REGISTERS = "ABC"  # three registers, each with its own step and start: the answer space is 11^3 = 1331
+REGISTERS = "ABC"  # three registers, each with its own start: the answer space is 11^3 = 1331
 TEACHER_P_CORRECT = 0.35  # on a hard step the noisy teacher writes the right value with this prob.
 
 
@@ -47,13 +47,11 @@ class Task:
     """hash of everything that defines the problems: caches are keyed by it"""
 
 
-# TOY TASK: three registers, each adding its own step mod 11 (x <- x + b, a hard step when it wraps
-# around, i.e. carries), written interleaved A B C A B C ...; the answer is the three final values
+# TOY TASK: three registers that each add the same step b mod 11 from their own start (x <- x + b;
+# a step is hard when it wraps around, i.e. carries), written interleaved A B C A B C ..., so every
+# value is a function of the value exactly 3 tokens back; the answer is the three final values
 def toy_vocab() -> list[str]:
-    words = ["<pad>", "<bos>", "<eos>", "<unk>", "="]
-    for r in REGISTERS:
-        words += [f"{r}+{k}" for k in range(MOD)] + [f"{r}{k}" for k in range(MOD)]
-    return words
+    return ["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
 
 
 VOCAB = toy_vocab()
@@ -78,10 +76,10 @@ def toy_solve(params, steps: int, rng=None, p_correct: float = 1.0):
     hard step (a carry) it writes the right value with prob. p_correct, else forgets the carry and
     writes one more, and goes on from what it wrote. An error is never undone (it only grows), so a
     wrong path ends on a wrong answer. Returns (written values, number of hard steps met)."""
-    adds, starts = params
+    b, starts = params
     state, values, hard = list(starts), [], 0
     for _ in range(steps):
-        for r, b in enumerate(adds):
+        for r in range(len(state)):
             y = (state[r] + b) % MOD
             if state[r] + b >= MOD:
                 hard += 1
@@ -93,20 +91,18 @@ def toy_solve(params, steps: int, rng=None, p_correct: float = 1.0):
 
 
 def toy_prompt_ids(params) -> list[int]:
-    """<bos> A+b B+b C+b A<x0> B<x0> C<x0>: the solution continues right after the starts."""
-    adds, starts = params
-    return [BOS] + [WORD_ID[f"{r}+{b}"] for r, b in zip(REGISTERS, adds)] + [WORD_ID[f"{r}{x}"] for r, x in zip(REGISTERS, starts)]
+    """<bos> +b x0_A x0_B x0_C: the solution continues right after the starts."""
+    b, starts = params
+    return [BOS, WORD_ID[f"+{b}"]] + [WORD_ID[str(x)] for x in starts]
 
 
 def toy_solution_ids(values: list[int]) -> list[int]:
     """Steps A B C A B C ..., then '=' and the final value of each register, then <eos>."""
-    words = [f"{REGISTERS[i % 3]}{v}" for i, v in enumerate(values)]
-    words += ["="] + [f"{r}{v}" for r, v in zip(REGISTERS, values[-3:])]
-    return [WORD_ID[w] for w in words] + [EOS]
+    return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in values[-3:]] + [EOS]
 
 
 def random_params(rng):
-    return [int(b) for b in rng.integers(1, MOD, 3)], [int(x) for x in rng.integers(0, MOD, 3)]
+    return int(rng.integers(1, MOD)), [int(x) for x in rng.integers(0, MOD, len(REGISTERS))]
 
 
 def toy_reward(problem: Problem, response_ids: list[int]) -> float:
@@ -135,7 +131,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
             continue
         seen.add(key)
         answer = toy_solution_ids(values)[-4:-1]
-        pid = "toy:+{}{}{}:{}{}{}:L{}".format(*params[0], *params[1], steps)
+        pid = "toy:+{}:{}-{}-{}:L{}".format(params[0], *params[1], steps)
         problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "params": params}))
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")

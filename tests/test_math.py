@@ -154,9 +154,8 @@ def test_toy_reward_reads_only_the_final_answer():
     p = task.train[0]
     good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"], 10)[0])
     assert task.reward(p, good) == 1.0
-    def bump(ids, i):  # the same register, value + 1
-        word = task.decode([ids[i]])
-        ids[i] = tasks.WORD_ID[word[0] + str((int(word[1:]) + 1) % 11)]
+    def bump(ids, i):  # value + 1
+        ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % 11)]
 
     wrong_step = list(good)
     bump(wrong_step, 3)
