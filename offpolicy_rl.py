@@ -1,0 +1,247 @@
+"""Importance-weighted off-policy RL: the stored correct trace of each problem joins its group.
+
+Each group holds (rollouts - 1) on-policy rollouts plus the problem's correct trace, sampled by the base
+model pi_0 (rejection sampling, cost counted up front). Advantage = reward - mean over the whole group,
+trace included. The trace's tokens enter the REINFORCE loss weighted by pi_theta / pi_behaviour, with
+pi_behaviour the rejection-sampling distribution: pi_0(y|x) / P(accept), P(accept) ~ 1 / attempts.
+--ratio token (biased per-token weights) or sequence (exact up to P(accept), huge variance); --clip C
+truncates weights at C; --shaping GAMMA replaces the ratio by LUFFY's policy shaping p / (p + GAMMA).
+train/reward_no_prefix and train/entropy are over the on-policy rollouts only.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import models
+import tasks
+import utils
+
+
+@dataclass
+class Args:
+    seed: int = 1
+    """seed of this run (sampling, data order); the base model, problems and traces have their own"""
+    run_dir: Optional[str] = None
+    """where args.json and metrics.jsonl go (default: runs/<script>__<seed>__<time>)"""
+    cache_dir: str = "cache"
+    """base models and off-policy traces are cached here and shared by every run"""
+    threads: int = 2
+    """torch CPU threads (give 1 to each of several runs in parallel)"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    model: str = "toy"
+    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), a local HF dir, or a hub id"""
+    toy_pretrain_steps: int = 700
+    """pretraining steps of the toy base model (part of its cache key)"""
+    hard_min: int = 6
+    """toy task: fewest hard steps per problem (difficulty); 9 is the stall setting"""
+    hard_max: int = 8
+    """toy task: most hard steps per problem"""
+    n_train: int = 64
+    """hard training problems drawn; the pool keeps those for which a trace was found"""
+    n_heldout: int = 64
+    """held-out problems of the same difficulty, never trained on"""
+    task_seed: int = 0
+    """seed of the problem draw (train / held-out split)"""
+    trace_budget: int = 1024
+    """rejection-sampling budget per problem (samples), stopping at the first correct one"""
+    trace_seed: int = 0
+    """seed of trace collection (one trace cache serves every run)"""
+    traces: Optional[str] = None
+    """use this traces file instead of collecting (e.g. traces from another model)"""
+    ratio: Literal["token", "sequence"] = "token"
+    """importance weight of a trace token: token: pi_theta(y_t|.) / pi_b(y_t|.) (biased, the paper's);
+    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased but huge variance)"""
+    clip: Optional[float] = None
+    """truncate every importance weight at this value (biased); default: no truncation"""
+    shaping: Optional[float] = None
+    """LUFFY policy shaping with this gamma: the objective weight of a trace token is p / (p + gamma),
+    p = pi_theta(token), instead of the ratio (--ratio and --clip are then unused)"""
+    accept_correction: bool = True
+    """divide the behaviour density by P(accept) ~ 1/attempts (rejection sampling); off: pi_b = pi_0"""
+    steps: int = 150
+    """RL steps (one gradient step each)"""
+    prompts_per_step: int = 16
+    """prompts per step"""
+    rollouts: int = 8
+    """rollouts per prompt (the group of the group-mean baseline)"""
+    temperature: float = 1.0
+    """sampling temperature for training rollouts"""
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this"""
+    std_normalize: bool = False
+    """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
+    loss_agg: Literal["token", "sequence"] = "token"
+    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
+    micro_batch: int = 32
+    """rollouts per forward/backward; the gradient is the same for any value that divides the batch;
+    below the batch, train/grad_std is measured across the micro-batches"""
+    eval_every: int = 10
+    """evaluate (always without prefix) every this many steps, and at the start and end"""
+    eval_samples: int = 16
+    """samples per problem at evaluation (pass@k for k <= this)"""
+    eval_temperature: float = 0.7
+    """sampling temperature at evaluation"""
+
+
+MAX_LOG_WEIGHT = 30.0  # exp(30) ~ 1e13: a sequence-level weight beyond this is clamped (no inf/nan)
+
+
+@torch.no_grad()
+def policy_logprobs(model, ids, attn, temperature, chunk=64):
+    """log pi_theta(token_{t+1} | tokens_<=t) at the sampling temperature, shape [B, T-1], no gradient:
+    the density the on-policy rollouts are drawn from, so a trace the policy sampled itself gets ratio 1."""
+    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    head, targets = model.get_output_embeddings(), ids[:, 1:]
+    return torch.cat([torch.log_softmax(head(hidden[:, s : s + chunk]).float() / temperature, -1).gather(-1, targets[:, s : s + chunk, None])[..., 0]
+                      for s in range(0, targets.shape[1], chunk)], 1)
+
+
+def trace_weights(logp, behaviour_logp, mask, log_accept, args):
+    """Per-token weights of the trace rows (shape of mask; 0 off the mask) and the largest raw log-weight.
+    Rejection sampling: an accepted trace has density pi_0(y|x) 1[correct] / P(accept), so the sequence
+    ratio is pi_theta(y|x) P(accept) / pi_0(y|x). P(accept) is unknown; the trace's attempts count is one
+    geometric draw with mean 1/P(accept), so log_accept = -log(attempts) (a crude, biased plug-in). The
+    token-level ratio spreads it evenly over the trace's L tokens (each gets P(accept)^(1/L)), so the
+    product of the token weights is the sequence weight. Weights are formed in log space and exp is
+    clamped at MAX_LOG_WEIGHT. With --shaping (LUFFY) the objective term is f(p) A, f(p) = p/(p+gamma),
+    whose gradient f'(p) p grad log p = f(p) gamma/(p+gamma) grad log p: that factor is the weight."""
+    if args.shaping is not None:
+        p = logp.exp()
+        return p / (p + args.shaping) * args.shaping / (p + args.shaping) * mask, None
+    log_ratio = (logp - behaviour_logp) * mask
+    length = mask.sum(1, keepdim=True).clamp(min=1)
+    if args.ratio == "token":
+        log_w = log_ratio + log_accept[:, None] / length
+    else:
+        log_w = log_ratio.sum(1, keepdim=True) + log_accept[:, None]
+    log_w = log_w.expand_as(mask)
+    raw_max = log_w[mask > 0].max().item()
+    weights = log_w.clamp(max=MAX_LOG_WEIGHT).exp()
+    if args.clip is not None:
+        weights = weights.clamp(max=args.clip)
+    return weights * mask, raw_max
+
+
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, token_weights=None, on_policy=None):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+    The per-token weights w (loss normalisation times the importance weights `token_weights`) are fixed for
+    the whole batch first, so splitting changes nothing. Returns (mean policy entropy over the sampled
+    tokens of the `on_policy` rows, train/grad_std): with K > 1 micro-batches, micro-batch k's gradient d_k
+    times K is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
+    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    if loss_agg == "token":
+        weights = loss_mask / loss_mask.sum()
+    else:
+        weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
+    weights = weights * advantages[:, None].to(weights) * (1.0 if token_weights is None else token_weights)
+    ent_mask = loss_mask if on_policy is None else loss_mask * on_policy[:, None].to(loss_mask)
+    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    for s in range(0, len(ids), micro_batch):
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        (-(weights[s : s + micro_batch] * logp).sum()).backward()
+        entropy += (ent * ent_mask[s : s + micro_batch]).sum().item()
+        if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
+            flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
+            sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
+    grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
+    return entropy / ent_mask.sum().clamp(min=1).item(), grad_std
+
+
+def main(args: Args):
+    utils.check_args(args)
+    if args.clip is not None and args.clip <= 0 or args.shaping is not None and args.shaping <= 0:
+        raise utils.InputError(f"--clip and --shaping must be > 0, got {args.clip} and {args.shaping}")
+    rng, generator = utils.seed_everything(args.seed, args.threads)
+
+    # MODEL, PROBLEMS
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
+    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    n_params = utils.count_params(model)
+
+    # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front
+    if args.traces:
+        traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
+    else:
+        trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+    if not traces:
+        raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
+    originals = [p for p in task.train if p.id in traces]
+    flops = trace_flops
+    print(f"{len(originals)}/{len(task.train)} problems have a trace")
+    run_dir = utils.start_run(args, "offpolicy_rl")
+
+    # TRAINING
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    start = time.time()
+    for step in tqdm(range(args.steps + 1), desc="off-policy RL", mininterval=2):
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
+            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
+                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step == args.steps:
+            break
+
+        # ROLLOUTS: n - 1 per prompt, from the original problems, then the problem's stored trace last
+        model.eval()
+        batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
+        contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
+        sampled, _ = utils.sample(model, [p.prompt_ids for p in batch for _ in range(args.rollouts - 1)], task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        responses = [r for i, p in enumerate(batch) for r in sampled[i * (args.rollouts - 1) : (i + 1) * (args.rollouts - 1)] + [traces[p.id].token_ids]]
+        rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+        on_policy = torch.tensor([j < args.rollouts - 1 for _ in batch for j in range(args.rollouts)], device=args.device)
+
+        # IMPORTANCE WEIGHTS of the trace tokens under the current policy (1 on on-policy tokens);
+        # behaviour log-probs are the ones stored when the trace was sampled, never recomputed
+        ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
+        rows, mask = (~on_policy).nonzero()[:, 0], loss_mask[~on_policy]
+        behaviour = torch.zeros_like(mask)
+        behaviour[mask > 0] = torch.tensor([lp for p in batch for lp in traces[p.id].behaviour_logprobs]).to(mask)
+        log_accept = torch.tensor([-math.log(traces[p.id].attempts) * args.accept_correction for p in batch]).to(mask)
+        logp = policy_logprobs(model, ids[rows], attn[rows], args.temperature)
+        token_weights = torch.ones_like(loss_mask)
+        token_weights[rows], max_log_w = trace_weights(logp, behaviour, mask, log_accept, args)
+
+        # REINFORCE: advantage = reward - mean of the whole group (trace included); loss on response tokens
+        advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
+        model.train()
+        optimizer.zero_grad()
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, token_weights, on_policy)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        optimizer.step()
+
+        # METRICS: FLOPs = 2·N·D sampling (the forward of the trace rows for their weights counts as
+        # sampling) + 6·N·D training, D = context + response tokens; rewards, lengths: on-policy rollouts
+        tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
+        flops += 8 * n_params * tokens
+        groups = np.array(rewards).reshape(-1, args.rollouts)[:, :-1]
+        trace_w = token_weights[rows][mask > 0]
+        utils.log_metrics(run_dir, {
+            "step": step + 1, "flops": flops, "train/reward_no_prefix": float(groups.mean()),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
+            "train/grad_std": grad_std, "train/max_is_weight": trace_w.max().item(), "train/min_is_weight": trace_w.min().item(),
+            "train/max_log_is_weight_raw": max_log_w, "train/entropy": entropy,
+            "train/response_len": float(np.mean([len(r) for r, on in zip(responses, on_policy) if on])),
+            "time": time.time() - start,
+        })
+
+    # SUMMARY
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
+          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+
+
+if __name__ == "__main__":
+    with utils.clean_errors():
+        main(tyro.cli(Args))

@@ -1,0 +1,246 @@
+"""SFT+RL: supervised fine-tuning on the full correct off-policy traces, then standard on-policy RL.
+
+Phase 1 (SFT): next-token cross-entropy on the trace tokens only (prompt and padding are masked), a
+token mean over the batch, own optimizer and flags (--sft-steps, --sft-lr, --sft-batch). Phase 2 (RL):
+the loop of standard_rl.py unchanged, with a fresh optimizer, on the same pool of problems.
+
+Metrics rows. SFT rows carry `sft_step` (0..sft_steps) and no `step`: `sft/loss` and `sft/trace_entropy`
+(teacher-forced, on the trace tokens) every SFT step, and every --eval-every SFT steps (and at 0 and at
+the end) `train/entropy` and `sft/reward_no_prefix` measured on a batch of fresh rollouts exactly as the
+RL loop measures them (prompts_per_step x rollouts at the training temperature, entropy over sampled
+tokens) but without a gradient step, so the entropy collapse after SFT (paper Fig. 11) shows on the same
+metric as in RL. RL rows carry `step` numbered exactly as in standard_rl.py (0..steps), so `step` is
+monotone over the whole run and RL steps compare across scripts. `flops` is monotone over every row:
+rejection sampling + 6·N·D per SFT step, then the RL FLOPs; the measurement rollouts are not charged.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import models
+import tasks
+import utils
+
+
+@dataclass
+class Args:
+    seed: int = 1
+    """seed of this run (sampling, data order); the base model, problems and traces have their own"""
+    run_dir: Optional[str] = None
+    """where args.json and metrics.jsonl go (default: runs/<script>__<seed>__<time>)"""
+    cache_dir: str = "cache"
+    """base models and off-policy traces are cached here and shared by every run"""
+    threads: int = 2
+    """torch CPU threads (give 1 to each of several runs in parallel)"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    model: str = "toy"
+    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), a local HF dir, or a hub id"""
+    toy_pretrain_steps: int = 700
+    """pretraining steps of the toy base model (part of its cache key)"""
+    hard_min: int = 6
+    """toy task: fewest hard steps per problem (difficulty); 9 is the stall setting"""
+    hard_max: int = 8
+    """toy task: most hard steps per problem"""
+    n_train: int = 64
+    """hard training problems drawn; the pool keeps those for which a trace was found"""
+    n_heldout: int = 64
+    """held-out problems of the same difficulty, never trained on"""
+    task_seed: int = 0
+    """seed of the problem draw (train / held-out split)"""
+    trace_budget: int = 1024
+    """rejection-sampling budget per problem (samples), stopping at the first correct one"""
+    trace_seed: int = 0
+    """seed of trace collection (one trace cache serves every run)"""
+    traces: Optional[str] = None
+    """use this traces file instead of collecting (e.g. traces from another model)"""
+    sft_steps: int = 100
+    """SFT gradient steps on the full traces before RL (0 = plain standard RL, traces still charged)"""
+    sft_lr: float = 3e-4
+    """AdamW learning rate of SFT"""
+    sft_batch: int = 32
+    """traces per SFT step, drawn at random from the pool"""
+    steps: int = 150
+    """RL steps (one gradient step each)"""
+    prompts_per_step: int = 16
+    """prompts per step"""
+    rollouts: int = 8
+    """rollouts per prompt (the group of the group-mean baseline)"""
+    temperature: float = 1.0
+    """sampling temperature for training rollouts"""
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this"""
+    std_normalize: bool = False
+    """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
+    loss_agg: Literal["token", "sequence"] = "token"
+    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
+    micro_batch: int = 32
+    """rollouts per forward/backward; the gradient is the same for any value that divides the batch;
+    below the batch, train/grad_std is measured across the micro-batches"""
+    eval_every: int = 10
+    """evaluate (always without prefix) every this many steps, and at the start and end"""
+    eval_samples: int = 16
+    """samples per problem at evaluation (pass@k for k <= this)"""
+    eval_temperature: float = 0.7
+    """sampling temperature at evaluation"""
+
+
+def sft_backward(model, ids, attn, loss_mask, micro_batch):
+    """Accumulate the gradient of the SFT loss  -(1/T) sum_i,t m_it log pi(y_it), T = sum m, over
+    micro-batches; m = loss_mask is 1 on trace tokens only, so prompt and padding get no gradient.
+    Returns (loss, mean policy entropy on the trace tokens)."""
+    weights = loss_mask / loss_mask.sum()
+    loss, entropy = 0.0, 0.0
+    for s in range(0, len(ids), micro_batch):
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        micro_loss = -(weights[s : s + micro_batch] * logp).sum()
+        micro_loss.backward()
+        loss += micro_loss.item()
+        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+    return loss, entropy / loss_mask.sum().item()
+
+
+@torch.no_grad()
+def rollout_entropy(model, task, problems, args, rng, generator):
+    """train/entropy as the RL loop measures it, without a gradient step: the mean policy entropy over
+    the sampled tokens of prompts_per_step x rollouts fresh rollouts. Returns (entropy, mean reward)."""
+    batch = [problems[i] for i in rng.choice(len(problems), args.prompts_per_step, replace=len(problems) < args.prompts_per_step)]
+    contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
+    responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+    rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+    ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
+    entropy = 0.0
+    for s in range(0, len(ids), args.micro_batch):
+        _, ent = utils.token_logprobs(model, ids[s : s + args.micro_batch], attn[s : s + args.micro_batch])
+        entropy += (ent * loss_mask[s : s + args.micro_batch]).sum().item()
+    return entropy / loss_mask.sum().item(), float(np.mean(rewards))
+
+
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+    The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
+    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, micro-batch
+    k's gradient d_k times K is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
+    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    if loss_agg == "token":
+        weights = loss_mask / loss_mask.sum()
+    else:
+        weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
+    weights = weights * advantages[:, None].to(weights)
+    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    for s in range(0, len(ids), micro_batch):
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        (-(weights[s : s + micro_batch] * logp).sum()).backward()
+        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+        if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
+            flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
+            sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
+    grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
+    return entropy / loss_mask.sum().item(), grad_std
+
+
+def main(args: Args):
+    utils.check_args(args)
+    for ok, msg in [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
+                    (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
+                    (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]:
+        if not ok:
+            raise utils.InputError(msg)
+    rng, generator = utils.seed_everything(args.seed, args.threads)
+
+    # MODEL, PROBLEMS
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
+    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    n_params = utils.count_params(model)
+
+    # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front
+    if args.traces:
+        traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
+    else:
+        trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+    if not traces:
+        raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
+    originals = [p for p in task.train if p.id in traces]
+    flops = trace_flops
+    print(f"{len(originals)}/{len(task.train)} problems have a trace")
+    run_dir = utils.start_run(args, "sft_rl")
+
+    # SFT: next-token loss on the full correct traces (loss on trace tokens only); rows carry sft_step
+    sft_optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr)
+    for sft_step in tqdm(range(args.sft_steps + 1), desc="SFT", mininterval=2):
+        if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:
+            model.eval()
+            entropy, reward = rollout_entropy(model, task, originals, args, rng, generator)
+            utils.log_metrics(run_dir, {"sft_step": sft_step, "flops": flops, "train/entropy": entropy, "sft/reward_no_prefix": reward})
+        if sft_step == args.sft_steps:
+            break
+        batch = [originals[i] for i in rng.choice(len(originals), args.sft_batch, replace=len(originals) < args.sft_batch)]
+        contexts, targets = [p.prompt_ids for p in batch], [traces[p.id].token_ids for p in batch]
+        ids, attn, loss_mask = utils.make_batch(contexts, targets, task.pad_id, args.device)
+        model.train()
+        sft_optimizer.zero_grad()
+        loss, trace_entropy = sft_backward(model, ids, attn, loss_mask, args.micro_batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        sft_optimizer.step()
+        flops += 6 * n_params * sum(len(c) + len(t) for c, t in zip(contexts, targets))  # training only: 6·N·D
+        utils.log_metrics(run_dir, {"sft_step": sft_step + 1, "flops": flops, "sft/loss": loss,
+                                    "sft/trace_entropy": trace_entropy, "sft/grad_norm": grad_norm})
+
+    # TRAINING
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    start = time.time()
+    for step in tqdm(range(args.steps + 1), desc="SFT+RL", mininterval=2):
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
+            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
+                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step == args.steps:
+            break
+
+        # ROLLOUTS: n per prompt, from the original problems only
+        model.eval()
+        batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
+        contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+
+        # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
+        advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
+        ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
+        model.train()
+        optimizer.zero_grad()
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        optimizer.step()
+
+        # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
+        tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
+        flops += 8 * n_params * tokens
+        groups = np.array(rewards).reshape(-1, args.rollouts)
+        utils.log_metrics(run_dir, {
+            "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
+            "train/grad_std": grad_std, "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
+            "time": time.time() - start,
+        })
+
+    # SUMMARY
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
+          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+
+
+if __name__ == "__main__":
+    with utils.clean_errors():
+        main(tyro.cli(Args))

@@ -1,0 +1,157 @@
+"""Importance-weighted off-policy RL: the weights, their clipping, policy shaping, train/grad_std, a run."""
+
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import offpolicy_rl
+import sft_rl
+import tasks
+import test_math
+import utils
+from conftest import SMOKE_TASK, read_metrics
+from test_math import grads, random_batch, tiny_model
+from test_smoke import EVAL_KEYS, ROOT, TINY, TRAIN_KEYS
+
+
+def weight_args(ratio="token", clip=None, shaping=None):
+    return SimpleNamespace(ratio=ratio, clip=clip, shaping=shaping)
+
+
+def sampled_batch(model, temperature, seed=0):
+    """Responses the model samples itself at `temperature`, with their sampling log-probs."""
+    contexts, _ = random_batch(seed)
+    responses, logprobs = utils.sample(model, contexts, 8, temperature, tasks.EOS, tasks.PAD, torch.Generator().manual_seed(seed))
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    behaviour = torch.zeros_like(mask)
+    behaviour[mask > 0] = torch.tensor([lp for row in logprobs for lp in row])
+    return ids, attn, mask, behaviour
+
+
+@pytest.mark.parametrize("ratio", ["token", "sequence"])
+def test_weight_is_one_when_the_trace_is_on_policy(ratio):
+    """A 'trace' the current policy sampled itself at the training temperature, accepted at the first
+    attempt (P(accept) = 1), has importance weight 1 on every token; at another temperature it does not."""
+    model = tiny_model()
+    ids, attn, mask, behaviour = sampled_batch(model, 0.7)
+    no_accept = torch.zeros(len(ids))
+    logp = offpolicy_rl.policy_logprobs(model, ids, attn, 0.7)
+    w, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, no_accept, weight_args(ratio))
+    torch.testing.assert_close(w[mask > 0], torch.ones(int(mask.sum())), rtol=0, atol=1e-4)
+    assert torch.all(w[mask == 0] == 0)
+    other = offpolicy_rl.policy_logprobs(model, ids, attn, 1.0)
+    w_other, _ = offpolicy_rl.trace_weights(other, behaviour, mask, no_accept, weight_args(ratio))
+    assert (w_other[mask > 0] - 1).abs().max() > 1e-2  # the check is not vacuous
+
+
+def extreme_weights(ratio, clip, attempts=1):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(6, 20)
+    for i in range(6):
+        mask[i, 3 : 8 + 2 * i] = 1
+    logp = -torch.rand(6, 20, generator=g) * 0.1  # the policy is sure of every trace token
+    behaviour = -torch.rand(6, 20, generator=g) * 30 * mask  # the base model was not: ratios up to e^30
+    log_accept = torch.full((6,), -math.log(attempts))
+    return offpolicy_rl.trace_weights(logp, behaviour, mask, log_accept, weight_args(ratio, clip)), mask, logp, behaviour
+
+
+@pytest.mark.parametrize("ratio", ["token", "sequence"])
+@pytest.mark.parametrize("clip", [0.5, 2.0, 100.0])
+def test_clip_bounds_every_weight(ratio, clip):
+    (w, _), mask, _, _ = extreme_weights(ratio, clip)
+    assert w[mask > 0].max() <= clip and torch.all(w[mask == 0] == 0)
+    (unclipped, raw_max), _, _, _ = extreme_weights(ratio, None)
+    assert unclipped.max() > clip and torch.isfinite(unclipped).all()  # clipping really bites
+    assert raw_max > offpolicy_rl.MAX_LOG_WEIGHT or ratio == "token"  # sequence ratios overflow: clamped, finite
+    assert torch.equal(w, torch.minimum(unclipped, torch.tensor(clip)))
+
+
+def test_acceptance_correction_divides_the_behaviour_density_by_one_over_attempts():
+    """Sequence weight = pi_theta(y) / (pi_0(y) * attempts); the token weights multiply up to it."""
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(3, 10)
+    mask[:, 2:9] = 1
+    logp, behaviour = -torch.rand(3, 10, generator=g) * mask, -torch.rand(3, 10, generator=g) * mask
+    log_accept = -torch.log(torch.tensor([1.0, 40.0, 650.0]))
+    seq, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, log_accept, weight_args("sequence"))
+    tok, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, log_accept, weight_args("token"))
+    expected = ((logp - behaviour) * mask).sum(1).exp() / torch.tensor([1.0, 40.0, 650.0])
+    torch.testing.assert_close(seq[:, 5], expected)
+    torch.testing.assert_close(torch.where(mask > 0, tok, 1.0).prod(1), expected)
+
+
+def test_policy_shaping_gradient_is_luffys():
+    """--shaping: the trace tokens' gradient is that of the objective (1/T) sum A p/(p+gamma), p = pi_theta."""
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    adv, gamma = torch.linspace(-1, 1, 8), 0.1
+    model = tiny_model()
+    w, raw = offpolicy_rl.trace_weights(offpolicy_rl.policy_logprobs(model, ids, attn, 1.0), None, mask, None, weight_args(shaping=gamma))
+    assert raw is None and w.max() <= 0.25  # f(p) gamma/(p+gamma) <= 1/4
+    offpolicy_rl.reinforce_backward(model, ids, attn, mask, adv, 4, "token", w)
+    got = grads(model)
+    model.zero_grad()
+    p = torch.log_softmax(model(ids, attention_mask=attn).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].exp()
+    (-(adv[:, None] * p / (p + gamma) * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("script", [sft_rl, offpolicy_rl])
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, micro):
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    adv = torch.linspace(-1, 1, 8)
+    model = tiny_model()
+    _, got = script.reinforce_backward(model, ids, attn, mask, adv, micro, "token")
+    full, k = grads(model).double(), 8 // micro
+    estimates = []
+    for s in range(0, 8, micro):  # micro-batch s alone: the advantages of the other rows set to 0
+        model = tiny_model()
+        script.reinforce_backward(model, ids, attn, mask, torch.where((torch.arange(8) >= s) & (torch.arange(8) < s + micro), adv, 0.0), 8, "token")
+        estimates.append(k * grads(model).double())
+    estimates = torch.stack(estimates)
+    torch.testing.assert_close(estimates.mean(0), full, rtol=1e-4, atol=1e-7)
+    expected = (estimates - estimates.mean(0)).pow(2).sum(1).mean().sqrt().item()
+    assert math.isclose(got, expected, rel_tol=1e-4) and got > 0
+    assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 8, "token")[1] is None  # one micro-batch
+
+
+# the loss-masking and micro-batching tests of standard_rl / prefixrl, on this script's REINFORCE loss
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+def test_reinforce_loss_masks_and_micro_batches_like_standard_rl(loss_agg, monkeypatch):
+    test_math.test_prefix_and_pad_tokens_get_exactly_zero_gradient(offpolicy_rl, loss_agg, monkeypatch)
+    test_math.test_micro_batches_leave_the_gradient_unchanged(offpolicy_rl, loss_agg)
+    test_math.test_pad_tokens_do_not_change_the_gradient(offpolicy_rl)
+
+
+@pytest.mark.parametrize("flags", [{}, dict(ratio="sequence", clip=5.0), dict(shaping=0.1)])
+def test_smoke_run(flags, toy_cache, teacher_traces, tmp_path):
+    run_dir = str(tmp_path / "run")
+    offpolicy_rl.main(offpolicy_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "threads": 1}, **flags))
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if "train/grad_norm" in r]
+    evals = [r for r in rows if "eval/heldout_pass@1" in r]
+    assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in evals] == [0, 2, 3]
+    for r in train:
+        assert all(k in r for k in TRAIN_KEYS) and math.isfinite(r["train/grad_norm"])
+        assert r["train/grad_std"] > 0 and 0 < r["train/min_is_weight"] <= r["train/max_is_weight"] <= flags.get("clip", math.inf)
+    assert all(0 <= r[k] <= 1 for r in evals for k in EVAL_KEYS)
+    flops = [r["flops"] for r in rows]
+    assert flops == sorted(flops) and flops[0] == 4.0  # the rejection-sampling offset is charged
+
+
+@pytest.mark.parametrize("script,flags,message", [
+    ("offpolicy_rl.py", ["--clip", "0"], "--clip and --shaping must be > 0"),
+    ("sft_rl.py", ["--sft-steps", "-1"], "--sft-steps must be >= 0"),
+])
+def test_bad_input_stops_with_one_line(script, flags, message, tmp_path):
+    out = subprocess.run([sys.executable, script, "--threads", "1", "--run-dir", str(tmp_path / "r"), *flags],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "r")

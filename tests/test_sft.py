@@ -1,0 +1,93 @@
+"""SFT+RL: the SFT loss sees trace tokens only; a tiny run logs both phases."""
+
+import math
+
+import pytest
+import torch
+
+import models
+import sft_rl
+import tasks
+import test_math
+import utils
+from conftest import SMOKE_TASK, read_metrics
+from test_math import grads, random_batch, tiny_model
+from test_smoke import EVAL_KEYS, TINY, TRAIN_KEYS
+
+
+def test_sft_loss_gives_prompt_and_pad_tokens_exactly_zero_gradient(monkeypatch):
+    contexts, traces = random_batch()  # contexts play the prompts, responses the traces
+    ids, attn, mask = utils.make_batch(contexts, traces, tasks.PAD, "cpu")
+    captured, token_logprobs = [], utils.token_logprobs
+
+    def spy(*a, **k):
+        logp, ent = token_logprobs(*a, **k)
+        logp.retain_grad()
+        captured.append(logp)
+        return logp, ent
+
+    monkeypatch.setattr(utils, "token_logprobs", spy)
+    sft_rl.sft_backward(tiny_model(), ids, attn, mask, 8)
+    g = captured[0].grad
+    assert torch.all(g[mask == 0] == 0) and torch.all(g[mask == 1] != 0)
+
+
+def test_sft_gradient_ignores_pad_ids_and_micro_batches():
+    contexts, traces = random_batch()
+    out = []
+    for pad, micro in [(tasks.PAD, 8), (7, 8), (tasks.PAD, 2)]:
+        model = tiny_model()
+        ids, attn, mask = utils.make_batch(contexts, traces, pad, "cpu")
+        sft_rl.sft_backward(model, ids, attn, mask, micro)
+        out.append(grads(model))
+    assert torch.equal(out[0], out[1])
+    torch.testing.assert_close(out[2], out[0], rtol=1e-5, atol=1e-7)
+
+
+def test_sft_loss_is_the_token_mean_cross_entropy_on_trace_tokens():
+    contexts, traces = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, traces, tasks.PAD, "cpu")
+    model = tiny_model()
+    loss, _ = sft_rl.sft_backward(model, ids, attn, mask, 4)
+    got = grads(model)
+    model.zero_grad()
+    logits = model(ids, attention_mask=attn).logits[:, :-1]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    expected = (ce * mask).sum() / mask.sum()
+    expected.backward()
+    assert math.isclose(loss, expected.item(), rel_tol=1e-5)
+    torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+def test_rl_phase_loss_is_standard_rl(loss_agg, monkeypatch):
+    test_math.test_prefix_and_pad_tokens_get_exactly_zero_gradient(sft_rl, loss_agg, monkeypatch)
+    test_math.test_micro_batches_leave_the_gradient_unchanged(sft_rl, loss_agg)
+    test_math.test_pad_tokens_do_not_change_the_gradient(sft_rl)
+
+
+def test_smoke_run(toy_cache, teacher_traces, tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = sft_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, sft_steps=4, sft_batch=4, **{**TINY, "threads": 1})
+    sft_rl.main(args)
+    rows = read_metrics(run_dir)
+    sft = [r for r in rows if "sft_step" in r]
+    train = [r for r in rows if "train/grad_norm" in r]
+    evals = [r for r in rows if "eval/heldout_pass@1" in r]
+    assert rows[: len(sft)] == sft and all("step" not in r for r in sft)  # SFT first, then RL
+    assert [r["sft_step"] for r in sft if "sft/loss" in r] == [1, 2, 3, 4]
+    assert [r["sft_step"] for r in sft if "train/entropy" in r] == [0, 2, 4]  # base model, every eval_every, end
+    assert all(math.isfinite(r["sft/loss"]) for r in sft if "sft/loss" in r)
+    assert all(r["train/entropy"] > 0 for r in sft if "train/entropy" in r)
+    assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in evals] == [0, 2, 3]
+    for r in train:
+        assert all(k in r for k in TRAIN_KEYS) and r["train/grad_std"] >= 0  # 0 when every advantage is 0
+    assert all(0 <= r[k] <= 1 for r in evals for k in EVAL_KEYS)
+    flops = [r["flops"] for r in rows]
+    assert flops == sorted(flops) and flops[0] == 4.0  # the rejection-sampling offset, then SFT's 6·N·D
+    n_params = utils.count_params(models.load_model("toy", toy_cache, "cpu", TINY["toy_pretrain_steps"])[0])
+    traces, _ = utils.load_traces(teacher_traces)
+    task = tasks.make_toy_task(10, **{k: v for k, v in SMOKE_TASK.items() if k != "task_seed"}, seed=SMOKE_TASK["task_seed"])
+    (length,) = {len(p.prompt_ids) + len(traces[p.id].token_ids) for p in task.train}  # all rows alike
+    tokens = 4 * 4 * length  # sft_steps x sft_batch x (prompt + trace)
+    assert sft[-1]["flops"] == 4.0 + 6 * n_params * tokens and train[0]["flops"] > sft[-1]["flops"]
