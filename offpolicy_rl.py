@@ -1,12 +1,10 @@
 """Importance-weighted off-policy RL: the stored correct trace of each problem joins its group.
 
-Each group holds (rollouts - 1) on-policy rollouts plus the problem's correct trace, sampled by the base
-model pi_0 (rejection sampling, cost counted up front). Advantage = reward - mean over the whole group,
-trace included. The trace's tokens enter the REINFORCE loss weighted by pi_theta / pi_behaviour, with
-pi_behaviour the rejection-sampling distribution: pi_0(y|x) / P(accept), P(accept) ~ 1 / attempts.
---ratio token (biased per-token weights) or sequence (exact up to P(accept), huge variance); --clip C
-truncates weights at C; --shaping GAMMA replaces the ratio by LUFFY's policy shaping p / (p + GAMMA).
-train/reward_no_prefix and train/entropy are over the on-policy rollouts only.
+Each group holds (rollouts - 1) on-policy rollouts plus the problem's correct trace from the base model
+pi_0 (rejection sampling, cost counted up front); advantage = reward - mean of the whole group. The
+trace's tokens enter the REINFORCE loss weighted by pi_theta / pi_behaviour, pi_behaviour = pi_0(y|x) /
+P(accept) (--ratio token|sequence, --clip C), or by LUFFY's policy shaping (--shaping GAMMA).
+train/reward_no_prefix, train/entropy and train/response_len are over the on-policy rollouts only.
 """
 
 import math
@@ -58,7 +56,7 @@ class Args:
     """use this traces file instead of collecting (e.g. traces from another model)"""
     ratio: Literal["token", "sequence"] = "token"
     """importance weight of a trace token: token: pi_theta(y_t|.) / pi_b(y_t|.) (biased, the paper's);
-    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased but huge variance)"""
+    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased up to P(accept), huge variance)"""
     clip: Optional[float] = None
     """truncate every importance weight at this value (biased); default: no truncation"""
     shaping: Optional[float] = None
@@ -83,8 +81,7 @@ class Args:
     loss_agg: Literal["token", "sequence"] = "token"
     """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
     micro_batch: int = 32
-    """rollouts per forward/backward; the gradient is the same for any value that divides the batch;
-    below the batch, train/grad_std is measured across the micro-batches"""
+    """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 16
@@ -134,10 +131,10 @@ def trace_weights(logp, behaviour_logp, mask, log_accept, args):
 
 def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, token_weights=None, on_policy=None):
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
-    The per-token weights w (loss normalisation times the importance weights `token_weights`) are fixed for
-    the whole batch first, so splitting changes nothing. Returns (mean policy entropy over the sampled
-    tokens of the `on_policy` rows, train/grad_std): with K > 1 micro-batches, micro-batch k's gradient d_k
-    times K is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
+    The per-token weights w (times `token_weights`, the importance weights) are fixed for the whole batch
+    first, so splitting changes nothing. Returns (mean policy entropy over sampled tokens of the
+    `on_policy` rows, train/grad_std): with K > 1 micro-batches, micro-batch k's gradient d_k times K is
+    an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
     grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
@@ -165,7 +162,7 @@ def main(args: Args):
 
     # MODEL, PROBLEMS
     model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
-    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    task = tasks.make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     n_params = utils.count_params(model)
 
     # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front

@@ -84,8 +84,7 @@ class Args:
     loss_agg: Literal["token", "sequence"] = "token"
     """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
     micro_batch: int = 32
-    """rollouts per forward/backward; the gradient is the same for any value that divides the batch;
-    below the batch, train/grad_std is measured across the micro-batches"""
+    """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 16
@@ -159,7 +158,7 @@ def main(args: Args):
 
     # MODEL, PROBLEMS
     model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
-    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    task = tasks.make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     n_params = utils.count_params(model)
 
     # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front
