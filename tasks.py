@@ -3,10 +3,18 @@
 The offline default is a procedurally generated "hard reasoning" toy (three affine registers mod 11)
 with its own word-level vocabulary; the toy base model is pretrained on traces of a *noisy teacher*
 that slips on hard steps, so the base model has a systematic weakness, as real LMs do.
+
+For real (chat) LMs: built-in arithmetic / algebra word problems in 5 levels (make_arith_task) or
+your own problems (load_jsonl_task), rendered with the model's chat template and verified with
+math-verify; retokenize_traces carries traces from another model family over to the policy.
 """
 
+import functools
 import hashlib
 import json
+import os
+import random
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +22,7 @@ import numpy as np
 from utils import InputError
 
 MOD = 11  # values live in Z_11
-REGISTERS = "ABC"  # three registers, each with its own start: the answer space is 11^3 = 1331
+CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints: 11^3 = 1331 possible answers
 TEACHER_P_CORRECT = 0.35  # on a hard step the noisy teacher writes the right value with this prob.
 
 
@@ -47,9 +55,9 @@ class Task:
     """hash of everything that defines the problems: caches are keyed by it"""
 
 
-# TOY TASK: three registers that each add the same step b mod 11 from their own start (x <- x + b;
-# a step is hard when it wraps around, i.e. carries), written interleaved A B C A B C ..., so every
-# value is a function of the value exactly 3 tokens back; the answer is the three final values
+# TOY TASK: a running sum mod 11. The prompt gives a start x0 and L numbers b_1..b_L; the solution
+# writes x_i = (x_{i-1} + b_i) mod 11 for every i (a step is hard when it wraps around: a carry), then
+# '=' and the subtotals after each third of the steps
 def toy_vocab() -> list[str]:
     return ["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
 
@@ -71,38 +79,38 @@ def toy_tokenizer():
     )
 
 
-def toy_solve(params, steps: int, rng=None, p_correct: float = 1.0):
-    """Run the registers for `steps` steps. With rng and p_correct < 1 this is the noisy teacher: on a
-    hard step (a carry) it writes the right value with prob. p_correct, else forgets the carry and
-    writes one more, and goes on from what it wrote. An error is never undone (it only grows), so a
-    wrong path ends on a wrong answer. Returns (written values, number of hard steps met)."""
-    b, starts = params
-    state, values, hard = list(starts), [], 0
-    for _ in range(steps):
-        for r in range(len(state)):
-            y = (state[r] + b) % MOD
-            if state[r] + b >= MOD:
-                hard += 1
-                if rng is not None and rng.random() >= p_correct:
-                    y = (y + 1) % MOD
-            state[r] = y
-            values.append(y)
+def toy_solve(params, rng=None, p_correct: float = 1.0):
+    """Run the sum. With rng and p_correct < 1 this is the noisy teacher: on a hard step (a carry) it
+    writes the right value with prob. p_correct, else forgets the carry and writes one more, and goes
+    on from what it wrote. A slip is never undone inside a third (fewer than 11 carries fit there), so
+    a wrong path gives a wrong answer. Returns (written values, number of hard steps met)."""
+    x, adds = params
+    values, hard = [], 0
+    for b in adds:
+        y = (x + b) % MOD
+        if x + b >= MOD:
+            hard += 1
+            if rng is not None and rng.random() >= p_correct:
+                y = (y + 1) % MOD
+        values.append(x := y)
     return values, hard
 
 
 def toy_prompt_ids(params) -> list[int]:
-    """<bos> +b x0_A x0_B x0_C: the solution continues right after the starts."""
-    b, starts = params
-    return [BOS, WORD_ID[f"+{b}"]] + [WORD_ID[str(x)] for x in starts]
+    """<bos> x0 +b_1 ... +b_L: the solution continues right after."""
+    x0, adds = params
+    return [BOS, WORD_ID[str(x0)]] + [WORD_ID[f"+{b}"] for b in adds]
 
 
 def toy_solution_ids(values: list[int]) -> list[int]:
-    """Steps A B C A B C ..., then '=' and the final value of each register, then <eos>."""
-    return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in values[-3:]] + [EOS]
+    """x_1 ... x_L, then '=' and the subtotals after each third, then <eos>."""
+    third = len(values) // CHECKPOINTS
+    answer = [values[third * (k + 1) - 1] for k in range(CHECKPOINTS)]
+    return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in answer] + [EOS]
 
 
-def random_params(rng):
-    return int(rng.integers(1, MOD)), [int(x) for x in rng.integers(0, MOD, len(REGISTERS))]
+def random_params(rng, steps: int, max_add: int = MOD - 1):
+    return int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, max_add + 1, steps)]
 
 
 def toy_reward(problem: Problem, response_ids: list[int]) -> float:
@@ -117,21 +125,21 @@ def toy_reward(problem: Problem, response_ids: list[int]) -> float:
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems whose number of hard steps H lies in [hard_min, hard_max], drawn deterministically
     from `seed`; train and held-out are disjoint."""
-    if not 0 <= hard_min <= hard_max <= 3 * steps:
-        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {3 * steps}, got {hard_min}..{hard_max}")
+    if not 0 <= hard_min <= hard_max <= steps:
+        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps}, got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
     for _ in range(2_000_000):
         if len(problems) == n_train + n_heldout:
             break
-        params = random_params(rng)
-        values, hard = toy_solve(params, steps)
+        params = random_params(rng, steps, max_add=int(rng.integers(1, MOD)))
+        values, hard = toy_solve(params)
         key = str(params)
         if not hard_min <= hard <= hard_max or key in seen:
             continue
         seen.add(key)
-        answer = toy_solution_ids(values)[-4:-1]
-        pid = "toy:+{}:{}-{}-{}:L{}".format(params[0], *params[1], steps)
+        answer = toy_solution_ids(values)[-1 - CHECKPOINTS : -1]
+        pid = f"toy:{params[0]}:" + "".join("0123456789X"[b] for b in params[1])
         problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "params": params}))
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
@@ -144,7 +152,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         decode=lambda ids: " ".join(VOCAB[i] for i in ids),
         eos_id=EOS,
         pad_id=PAD,
-        max_new_tokens=3 * steps + 5,
+        max_new_tokens=steps + CHECKPOINTS + 4,
         fingerprint=hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16],
     )
 
@@ -153,7 +161,239 @@ def toy_teacher_batch(rng, batch: int, steps: int):
     """Pretraining data: (prompt + noisy-teacher solution) sequences; all have the same length."""
     seqs = []
     for _ in range(batch):
-        params = random_params(rng)
-        values, _ = toy_solve(params, steps, rng, TEACHER_P_CORRECT)
+        params = random_params(rng, steps, max_add=int(rng.integers(1, MOD)))
+        values, _ = toy_solve(params, rng, TEACHER_P_CORRECT)
         seqs.append(toy_prompt_ids(params) + toy_solution_ids(values))
     return seqs
+
+
+# REAL LANGUAGE MODELS: problems in natural language, rendered with the model's chat template (the
+# problem in the user turn, the prompt ending with the assistant header), verified with math-verify
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def chat_prompt_ids(tokenizer, user_text: str) -> list[int]:
+    """The chat template applied to one user turn, with the assistant header at the end: a response
+    (or a prefix of a trace, then the policy's continuation) goes right after it."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("this task needs a chat model, but the model's tokenizer has no chat template (use an instruct model)")
+    out = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)
+    return list(out["input_ids"])
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn (<|im_end|>, <|eot_id|>, <end_of_turn>...): sampling
+    stops there. Found by rendering a finished assistant turn; falls back to the eos token."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": "@@"}], tokenize=False)
+        after = tokenizer(text[text.rindex("@@") + 2 :], add_special_tokens=False)["input_ids"]
+        if after and after[0] in tokenizer.all_special_ids:
+            return after[0]
+    except Exception:  # an unusual template: the eos token is the best guess
+        pass
+    return tokenizer.eos_token_id
+
+
+def extract_answer(text: str):
+    """The content of the last \\boxed{...} (braces matched), or else the last number; None if neither."""
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i >= 0:
+        j = text.find("{", i)
+        if j >= 0 and text[i:j].strip() in ("\\boxed", "\\fbox"):
+            depth = 0
+            for k in range(j, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[k], 0)
+                if depth == 0:
+                    return text[j + 1 : k].strip()
+            return None  # unclosed: no answer
+    numbers = NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse(expr: str):
+    from math_verify import parse
+
+    return parse(f"${expr}$")
+
+
+def math_verify_correct(gold: str, response_text: str) -> bool:
+    """math-verify equivalence of the extracted answer (boxed, else last number) and the reference."""
+    from math_verify import verify
+
+    pred = extract_answer(response_text)
+    if pred is None or not pred:
+        return False
+    try:
+        g, p = _parse(str(gold)), _parse(pred)
+        return bool(g and p and verify(g, p))
+    except Exception:  # a verifier failure (timeout, odd LaTeX) counts as wrong, never crashes a run
+        return False
+
+
+def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], max_new_tokens: int, spec: dict) -> Task:
+    """A Task from (id, problem text, answer, meta) tuples: prompts via the chat template, reward via
+    math-verify on the decoded assistant turn (the prefix, if any, and the response)."""
+
+    def problem(pid, text, answer, meta):
+        return Problem(pid, chat_prompt_ids(tokenizer, f"{text}\n{INSTRUCTION}"), answer, dict(meta, text=text))
+
+    def decode(ids):
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def reward(p: Problem, response_ids) -> float:
+        return float(math_verify_correct(p.answer, decode(response_ids)))
+
+    eos = end_of_turn_id(tokenizer)
+    spec = dict(spec, instruction=INSTRUCTION, max_new_tokens=max_new_tokens)
+    return Task(
+        name=name, train=[problem(*x) for x in train], heldout=[problem(*x) for x in heldout], reward=reward,
+        decode=decode, eos_id=eos, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        max_new_tokens=max_new_tokens, fingerprint=hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16],
+    )
+
+
+# BUILT-IN ARITHMETIC / ALGEBRA WORD PROBLEMS, levels 1 (one small step) .. 5 (several steps, big numbers)
+NAMES = ["Ava", "Ben", "Maya", "Leo", "Zoe", "Omar", "Lina", "Sam", "Nora", "Raj"]
+ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells"]
+
+
+def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
+    """One problem of this level, as (text, integer answer)."""
+    n, item = r.choice(NAMES), r.choice(ITEMS)
+    a = lambda lo, hi: r.randint(lo, hi)  # noqa: E731
+    kind = r.randrange(3)
+    if level == 1:  # one step, one-digit numbers
+        x, y = a(2, 9), a(2, 9)
+        return [(f"What is {x} + {y}?", x + y), (f"{n} has {x} {item} and gets {y} more. How many {item} does {n} have now?", x + y),
+                (f"What is {x + y} - {y}?", x)][kind]
+    if level == 2:  # one step, two-digit numbers
+        x, y, m = a(11, 99), a(11, 99), a(3, 9)
+        return [(f"What is {x} + {y}?", x + y), (f"{n} had {x + y} {item} and gave away {y}. How many {item} are left?", x),
+                (f"What is {m} times {y}?", m * y)][kind]
+    if level == 3:  # two steps
+        x, y, z = a(3, 9), a(3, 9), a(11, 49)
+        return [(f"What is {x} * {y} + {z}?", x * y + z),
+                (f"{n} has {x} boxes with {y} {item} in each box, and {z} more {item}. How many {item} does {n} have in total?", x * y + z),
+                (f"What is {z + x} - {x} + {y}?", z + y)][kind]
+    if level == 4:  # three steps, or a linear equation
+        x, y = a(3, 9), a(12, 39)
+        z, w = a(11, min(49, x * y // 2 - 1)), a(11, min(49, x * y // 2 - 1))  # the story never goes negative
+        return [(f"What is {x} * {y} - {z} + {w}?", x * y - z + w),
+                (f"A shop has {x} crates with {y} {item} each. It sells {z} {item} in the morning and {w} in the afternoon. How many {item} are left?", x * y - z - w),
+                (f"Solve for x: {x}x + {z} = {x * y + z}.", y)][kind]
+    x, y, z = a(12, 49), a(12, 49), a(3, 9)  # level 5: several steps, bigger numbers
+    w = a(11, min(99, x * y // z - 1))
+    return [(f"What is {x} * {y} - {z} * {w}?", x * y - z * w),
+            (f"{n} buys {x} packs of {item} with {y} in each pack, then gives {z} friends {w} {item} each. How many {item} does {n} keep?", x * y - z * w),
+            (f"Solve for x: {z}(x - {w}) + {x} = {z * (y - w) + x}.", y)][kind]
+
+
+def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: int, max_new_tokens: int = 192) -> Task:
+    """Procedural word problems of one difficulty level (1..5), drawn deterministically from `seed`;
+    train and held-out are disjoint (distinct texts). The reference answer is an integer."""
+    if not 1 <= level <= 5:
+        raise InputError(f"--level must be in 1..5, got {level}")
+    r, seen, rows = random.Random(f"arith-{level}-{seed}"), set(), []
+    for _ in range(100 * (n_train + n_heldout) + 1000):
+        if len(rows) == n_train + n_heldout:
+            break
+        text, answer = arith_problem(level, r)
+        if text not in seen:
+            seen.add(text)
+            rows.append((f"arith{level}:" + hashlib.sha256(text.encode()).hexdigest()[:12], text, str(answer), {"level": level}))
+    else:
+        raise InputError(f"could not draw {n_train + n_heldout} distinct level-{level} problems")
+    spec = dict(task="arith", level=level, n=[n_train, n_heldout], seed=seed)
+    return chat_task(f"arith{level}", tokenizer, rows[:n_train], rows[n_train:], max_new_tokens, spec)
+
+
+# YOUR OWN PROBLEMS: --dataset FILE.jsonl
+PROBLEM_KEYS = ("problem", "question", "prompt")
+ANSWER_KEYS = ("answer", "final_answer", "solution")
+
+
+def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: int = 0, n_train=None, n_heldout=None,
+                    max_new_tokens: int = 192) -> Task:
+    """One JSON object per line: the problem under "problem" (or "question", "prompt"), the reference
+    answer under "answer" (or "final_answer", or "solution": a worked solution whose last \\boxed{}
+    is the answer). An optional "split" ("train" / "heldout" or "test") places a problem; the others
+    are split at random from `seed` (a `heldout_fraction` share held out). n_train / n_heldout cap
+    the sizes. Problems with the same text keep their first line. Blank lines are skipped."""
+    if not os.path.isfile(path):
+        raise InputError(f"dataset file '{path}' does not exist")
+    rows, seen, fixed = [], set(), {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            pkey = next((k for k in PROBLEM_KEYS if k in obj), None)
+            akey = next((k for k in ANSWER_KEYS if k in obj), None)
+            for key, names in ((pkey, PROBLEM_KEYS), (akey, ANSWER_KEYS)):
+                if key is None:
+                    raise InputError(f"{path}:{lineno}: missing field '{names[0]}' (or {', '.join(repr(k) for k in names[1:])})")
+            text, answer = str(obj[pkey]).strip(), obj[akey]
+            if akey == "solution":
+                answer = extract_answer(str(answer)) if "\\boxed" in str(answer) else answer
+            answer = str(answer).strip()
+            if not text or not answer:
+                raise InputError(f"{path}:{lineno}: field '{pkey if not text else akey}' is empty")
+            split = obj.get("split")
+            if split is not None and split not in ("train", "heldout", "test"):
+                raise InputError(f"{path}:{lineno}: field 'split' must be 'train', 'heldout' or 'test', got {split!r}")
+            if text in seen:
+                continue
+            seen.add(text)
+            pid = "jsonl:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+            rows.append((pid, text, answer, {"line": lineno}))
+            if split is not None:
+                fixed[pid] = "train" if split == "train" else "heldout"
+    if not rows:
+        raise InputError(f"dataset file '{path}' holds no problems")
+    if not 0 <= heldout_fraction < 1:
+        raise InputError(f"heldout fraction must be in [0, 1), got {heldout_fraction}")
+    free = [x for x in rows if x[0] not in fixed]
+    order = np.random.default_rng(seed).permutation(len(free))
+    n_free_heldout = round(heldout_fraction * len(free))
+    heldout_ids = {free[i][0] for i in order[:n_free_heldout]} | {pid for pid, s in fixed.items() if s == "heldout"}
+    train = [free[i] for i in order[n_free_heldout:]] + [x for x in rows if fixed.get(x[0]) == "train"]
+    heldout = [x for x in rows if x[0] in heldout_ids]
+    train, heldout = train[:n_train], heldout[:n_heldout]
+    if not train:
+        raise InputError(f"dataset file '{path}' leaves no training problems (lower the held-out fraction)")
+    content = hashlib.sha256(json.dumps([x[:3] for x in rows]).encode()).hexdigest()[:16]
+    spec = dict(task="jsonl", content=content, heldout_fraction=heldout_fraction, seed=seed, n=[n_train, n_heldout])
+    name = os.path.splitext(os.path.basename(path))[0]
+    return chat_task(name, tokenizer, train, heldout, max_new_tokens, spec)
+
+
+# TRACES FROM ANOTHER MODEL FAMILY: re-tokenized for the policy (paper Fig. 10)
+def retokenize_traces(traces: dict, tokenizer, eos_id: int, source_decode=None) -> dict:
+    """Traces whose token ids are not the policy's (they do not decode to their text with `tokenizer`)
+    get the policy's tokens for their text, plus `eos_id` to end the turn; traces already in the
+    policy's tokens come back unchanged. `source_decode(ids) -> str` rebuilds the text from the
+    source ids when given (else the stored text is used). Re-tokenized traces have no behaviour
+    log-probs (empty list): importance weights against their true sampler are not available."""
+    import dataclasses
+
+    out = {}
+    for pid, t in traces.items():
+        try:
+            same = tokenizer.decode([i for i in t.token_ids if i != eos_id], skip_special_tokens=True) == t.text
+        except Exception:  # ids outside this vocabulary
+            same = False
+        if same:
+            out[pid] = t
+            continue
+        text = source_decode(t.token_ids) if source_decode else t.text
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+        out[pid] = dataclasses.replace(t, token_ids=ids, text=text, behaviour_logprobs=[])
+    return out

@@ -27,11 +27,11 @@ def toy_cache(tmp_path_factory):
 def teacher_traces(tmp_path_factory):
     """A traces file with the exact solutions of the smoke task's training problems, so the smoke
     runs do not depend on how well a 20-step model samples."""
-    task = tasks.make_toy_task(10, SMOKE_TASK["hard_min"], SMOKE_TASK["hard_max"], SMOKE_TASK["n_train"],
+    task = tasks.make_toy_task(30, SMOKE_TASK["hard_min"], SMOKE_TASK["hard_max"], SMOKE_TASK["n_train"],
                                SMOKE_TASK["n_heldout"], SMOKE_TASK["task_seed"])
     traces = {}
     for p in task.train:
-        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"], 10)[0])
+        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     path = str(tmp_path_factory.mktemp("traces") / "teacher.json")
     utils.save_traces(path, {"source": "teacher"}, traces, float(len(traces)), {pid: 1 for pid in traces})

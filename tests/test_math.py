@@ -150,9 +150,9 @@ def test_prefixes_are_fixed_token_cuts_in_range():
 
 
 def test_toy_reward_reads_only_the_final_answer():
-    task = tasks.make_toy_task(10, 6, 8, 2, 0, 0)
+    task = tasks.make_toy_task(30, 6, 8, 2, 0, 0)
     p = task.train[0]
-    good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"], 10)[0])
+    good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
     assert task.reward(p, good) == 1.0
     def bump(ids, i):  # value + 1
         ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % 11)]
@@ -164,11 +164,11 @@ def test_toy_reward_reads_only_the_final_answer():
     bump(wrong_answer, len(good) - 2)
     assert task.reward(p, wrong_answer) == 0.0
     assert task.reward(p, good[:-5]) == 0.0  # no '=': no answer
-    assert len(set(map(str, (q.answer for q in tasks.make_toy_task(10, 0, 30, 400, 0, 1).train)))) > 200  # a wide answer space
+    assert len(set(map(str, (q.answer for q in tasks.make_toy_task(30, 0, 30, 400, 0, 1).train)))) > 200  # a wide answer space
 
 
 def test_toy_splits_are_deterministic_and_disjoint():
-    a, b = tasks.make_toy_task(10, 6, 8, 32, 32, 3), tasks.make_toy_task(10, 6, 8, 32, 32, 3)
+    a, b = tasks.make_toy_task(30, 6, 8, 32, 32, 3), tasks.make_toy_task(30, 6, 8, 32, 32, 3)
     assert [p.id for p in a.train + a.heldout] == [p.id for p in b.train + b.heldout]
     assert not {p.id for p in a.train} & {p.id for p in a.heldout}
     assert all(6 <= p.meta["hard"] <= 8 for p in a.train + a.heldout)
