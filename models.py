@@ -120,7 +120,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 300, toy_seed: int = 0, dtype=torch.float32):
+def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 700, toy_seed: int = 0, dtype=torch.float32):
     """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
     GGUF weights (quantized) are dequantized to `dtype` by transformers (needs `gguf`, `accelerate`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

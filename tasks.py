@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,11 +213,15 @@ def extract_answer(text: str):
     return numbers[-1] if numbers else None
 
 
+def _timeout():  # math-verify's timeouts use SIGALRM, which only the main thread may set
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
 @functools.lru_cache(maxsize=65536)
 def _parse(expr: str):
     from math_verify import parse
 
-    return parse(f"${expr}$")
+    return parse(f"${expr}$", parsing_timeout=_timeout())
 
 
 def math_verify_correct(gold: str, response_text: str) -> bool:
@@ -224,11 +229,9 @@ def math_verify_correct(gold: str, response_text: str) -> bool:
     from math_verify import verify
 
     pred = extract_answer(response_text)
-    if pred is None or not pred:
-        return False
     try:
-        g, p = _parse(str(gold)), _parse(pred)
-        return bool(g and p and verify(g, p))
+        g, p = _parse(str(gold)), pred and _parse(pred)
+        return bool(g and p and verify(g, p, timeout_seconds=_timeout()))
     except Exception:  # a verifier failure (timeout, odd LaTeX) counts as wrong, never crashes a run
         return False
 
@@ -255,36 +258,39 @@ def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], ma
     )
 
 
-# BUILT-IN ARITHMETIC / ALGEBRA WORD PROBLEMS, levels 1 (one small step) .. 5 (several steps, big numbers)
+# BUILT-IN ARITHMETIC / ALGEBRA WORD PROBLEMS, levels 1 (one small step) .. 6 (several steps, big numbers)
 NAMES = ["Ava", "Ben", "Maya", "Leo", "Zoe", "Omar", "Lina", "Sam", "Nora", "Raj"]
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells"]
+LEVELS = 6
 
 
 def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
-    """One problem of this level, as (text, integer answer)."""
-    n, item = r.choice(NAMES), r.choice(ITEMS)
-    a = lambda lo, hi: r.randint(lo, hi)  # noqa: E731
-    kind = r.randrange(3)
+    """One problem of this level, as (text, integer answer): a bare expression, a story or an equation."""
+    n, item, a, kind = r.choice(NAMES), r.choice(ITEMS), r.randint, r.randrange(3)
     if level == 1:  # one step, one-digit numbers
         x, y = a(2, 9), a(2, 9)
         return [(f"What is {x} + {y}?", x + y), (f"{n} has {x} {item} and gets {y} more. How many {item} does {n} have now?", x + y),
                 (f"What is {x + y} - {y}?", x)][kind]
-    if level == 2:  # one step, two-digit numbers
+    if level == 2:  # one step, a two-digit and a one-digit number
+        x, y = a(11, 89), a(2, 9)
+        return [(f"What is {x} + {y}?", x + y), (f"{n} had {x} {item} and gave away {y}. How many {item} are left?", x - y),
+                (f"What is {x} - {y}?", x - y)][kind]
+    if level == 3:  # one step, two-digit numbers
         x, y, m = a(11, 99), a(11, 99), a(3, 9)
         return [(f"What is {x} + {y}?", x + y), (f"{n} had {x + y} {item} and gave away {y}. How many {item} are left?", x),
                 (f"What is {m} times {y}?", m * y)][kind]
-    if level == 3:  # two steps
+    if level == 4:  # two steps
         x, y, z = a(3, 9), a(3, 9), a(11, 49)
         return [(f"What is {x} * {y} + {z}?", x * y + z),
                 (f"{n} has {x} boxes with {y} {item} in each box, and {z} more {item}. How many {item} does {n} have in total?", x * y + z),
                 (f"What is {z + x} - {x} + {y}?", z + y)][kind]
-    if level == 4:  # three steps, or a linear equation
+    if level == 5:  # three steps, or a linear equation
         x, y = a(3, 9), a(12, 39)
         z, w = a(11, min(49, x * y // 2 - 1)), a(11, min(49, x * y // 2 - 1))  # the story never goes negative
         return [(f"What is {x} * {y} - {z} + {w}?", x * y - z + w),
                 (f"A shop has {x} crates with {y} {item} each. It sells {z} {item} in the morning and {w} in the afternoon. How many {item} are left?", x * y - z - w),
                 (f"Solve for x: {x}x + {z} = {x * y + z}.", y)][kind]
-    x, y, z = a(12, 49), a(12, 49), a(3, 9)  # level 5: several steps, bigger numbers
+    x, y, z = a(12, 49), a(12, 49), a(3, 9)  # level 6: several steps, bigger numbers
     w = a(11, min(99, x * y // z - 1))
     return [(f"What is {x} * {y} - {z} * {w}?", x * y - z * w),
             (f"{n} buys {x} packs of {item} with {y} in each pack, then gives {z} friends {w} {item} each. How many {item} does {n} keep?", x * y - z * w),
@@ -292,10 +298,10 @@ def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
 
 
 def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: int, max_new_tokens: int = 192) -> Task:
-    """Procedural word problems of one difficulty level (1..5), drawn deterministically from `seed`;
+    """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`;
     train and held-out are disjoint (distinct texts). The reference answer is an integer."""
-    if not 1 <= level <= 5:
-        raise InputError(f"--level must be in 1..5, got {level}")
+    if not 1 <= level <= LEVELS:
+        raise InputError(f"--level must be in 1..{LEVELS}, got {level}")
     r, seen, rows = random.Random(f"arith-{level}-{seed}"), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
         if len(rows) == n_train + n_heldout:
@@ -324,49 +330,44 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
     the sizes. Problems with the same text keep their first line. Blank lines are skipped."""
     if not os.path.isfile(path):
         raise InputError(f"dataset file '{path}' does not exist")
+    if not 0 <= heldout_fraction < 1:
+        raise InputError(f"heldout fraction must be in [0, 1), got {heldout_fraction}")
     rows, seen, fixed = [], set(), {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as e:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except ValueError as e:  # UnicodeDecodeError too
+                raise InputError(f"{path}:{lineno}: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            pkey = next((k for k in PROBLEM_KEYS if k in obj), None)
-            akey = next((k for k in ANSWER_KEYS if k in obj), None)
+            pkey, akey = (next((k for k in keys if k in obj), None) for keys in (PROBLEM_KEYS, ANSWER_KEYS))
             for key, names in ((pkey, PROBLEM_KEYS), (akey, ANSWER_KEYS)):
                 if key is None:
                     raise InputError(f"{path}:{lineno}: missing field '{names[0]}' (or {', '.join(repr(k) for k in names[1:])})")
-            text, answer = str(obj[pkey]).strip(), obj[akey]
-            if akey == "solution":
-                answer = extract_answer(str(answer)) if "\\boxed" in str(answer) else answer
-            answer = str(answer).strip()
+            text, answer = str(obj[pkey]).strip(), str(obj[akey]).strip()
+            if akey == "solution" and "\\boxed" in answer:
+                answer = extract_answer(answer) or ""
             if not text or not answer:
                 raise InputError(f"{path}:{lineno}: field '{pkey if not text else akey}' is empty")
             split = obj.get("split")
-            if split is not None and split not in ("train", "heldout", "test"):
+            if split not in (None, "train", "heldout", "test"):
                 raise InputError(f"{path}:{lineno}: field 'split' must be 'train', 'heldout' or 'test', got {split!r}")
-            if text in seen:
-                continue
-            seen.add(text)
-            pid = "jsonl:" + hashlib.sha256(text.encode()).hexdigest()[:12]
-            rows.append((pid, text, answer, {"line": lineno}))
-            if split is not None:
-                fixed[pid] = "train" if split == "train" else "heldout"
+            if text not in seen:
+                seen.add(text)
+                rows.append(("jsonl:" + hashlib.sha256(text.encode()).hexdigest()[:12], text, answer, {"line": lineno}))
+                if split is not None:
+                    fixed[rows[-1][0]] = "train" if split == "train" else "heldout"
     if not rows:
         raise InputError(f"dataset file '{path}' holds no problems")
-    if not 0 <= heldout_fraction < 1:
-        raise InputError(f"heldout fraction must be in [0, 1), got {heldout_fraction}")
     free = [x for x in rows if x[0] not in fixed]
     order = np.random.default_rng(seed).permutation(len(free))
-    n_free_heldout = round(heldout_fraction * len(free))
-    heldout_ids = {free[i][0] for i in order[:n_free_heldout]} | {pid for pid, s in fixed.items() if s == "heldout"}
-    train = [free[i] for i in order[n_free_heldout:]] + [x for x in rows if fixed.get(x[0]) == "train"]
-    heldout = [x for x in rows if x[0] in heldout_ids]
-    train, heldout = train[:n_train], heldout[:n_heldout]
+    n_out = round(heldout_fraction * len(free))
+    heldout_ids = {free[i][0] for i in order[:n_out]} | {pid for pid, s in fixed.items() if s == "heldout"}
+    train = [free[i] for i in order[n_out:]] + [x for x in rows if fixed.get(x[0]) == "train"]
+    train, heldout = train[:n_train], [x for x in rows if x[0] in heldout_ids][:n_heldout]
     if not train:
         raise InputError(f"dataset file '{path}' leaves no training problems (lower the held-out fraction)")
     content = hashlib.sha256(json.dumps([x[:3] for x in rows]).encode()).hexdigest()[:16]
@@ -376,24 +377,23 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
 
 
 # TRACES FROM ANOTHER MODEL FAMILY: re-tokenized for the policy (paper Fig. 10)
-def retokenize_traces(traces: dict, tokenizer, eos_id: int, source_decode=None) -> dict:
-    """Traces whose token ids are not the policy's (they do not decode to their text with `tokenizer`)
-    get the policy's tokens for their text, plus `eos_id` to end the turn; traces already in the
-    policy's tokens come back unchanged. `source_decode(ids) -> str` rebuilds the text from the
-    source ids when given (else the stored text is used). Re-tokenized traces have no behaviour
-    log-probs (empty list): importance weights against their true sampler are not available."""
+def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -> dict:
+    """Traces already in the policy's tokens (task.decode(ids) gives back their text) come back
+    unchanged; the others (another model family's ids) get the policy's tokens for their text plus
+    task.eos_id to end the turn. `source_decode(ids) -> str` rebuilds the text from the source ids
+    (default: the stored text). Re-tokenized traces have no behaviour log-probs (empty list)."""
     import dataclasses
 
     out = {}
     for pid, t in traces.items():
         try:
-            same = tokenizer.decode([i for i in t.token_ids if i != eos_id], skip_special_tokens=True) == t.text
+            same = task.decode(t.token_ids) == t.text
         except Exception:  # ids outside this vocabulary
             same = False
         if same:
             out[pid] = t
             continue
         text = source_decode(t.token_ids) if source_decode else t.text
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [task.eos_id]
         out[pid] = dataclasses.replace(t, token_ids=ids, text=text, behaviour_logprobs=[])
     return out

@@ -107,7 +107,7 @@ def test_prefix_continues_the_assistant_turn_and_the_loss_mask_starts_after_it(s
 
 def test_arith_task_is_deterministic_and_disjoint():
     tok = FakeChatTokenizer()
-    for level in range(1, 6):
+    for level in range(1, tasks.LEVELS + 1):
         a = tasks.make_arith_task(tok, level, 20, 10, seed=3)
         b = tasks.make_arith_task(tok, level, 20, 10, seed=3)
         assert [p.id for p in a.train + a.heldout] == [p.id for p in b.train + b.heldout]
@@ -115,7 +115,7 @@ def test_arith_task_is_deterministic_and_disjoint():
         assert all(str(int(p.answer)) == p.answer and "\\boxed{}" in tok.decode(p.prompt_ids) for p in a.train)
         assert a.fingerprint != tasks.make_arith_task(tok, level, 20, 10, seed=4).fingerprint
     with pytest.raises(utils.InputError, match="level"):
-        tasks.make_arith_task(tok, 6, 1, 1, 0)
+        tasks.make_arith_task(tok, tasks.LEVELS + 1, 1, 1, 0)
 
 
 # REWARD
@@ -135,6 +135,13 @@ def test_arith_task_is_deterministic_and_disjoint():
 ])
 def test_math_verify_reward(gold, text, ok):
     assert tasks.math_verify_correct(gold, text) is ok
+
+
+def test_math_verify_works_off_the_main_thread():
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(tasks.math_verify_correct, "\\frac{3}{4}", "\\boxed{0.75}").result() is True
 
 
 def test_reward_decodes_the_response():
@@ -176,6 +183,8 @@ def test_jsonl_task_fields_split_and_answers(tmp_path):
     (['{"problem": "a"}'], r"data.jsonl:1: missing field 'answer'"),
     (['["a", "1"]'], r"data.jsonl:1: expected a JSON object"),
     (['{"problem": "a", "answer": "1", "split": "dev"}'], r"data.jsonl:1: field 'split'"),
+    (['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "1"}'], r"data.jsonl:2: field 'problem' is empty"),
+    (['{"problem": "a", "solution": "no box"}', '{"problem": "b", "solution": "\\\\boxed{}"}'], r"data.jsonl:2: field 'solution' is empty"),
 ])
 def test_bad_jsonl_stops_with_the_line(tmp_path, lines, message):
     with pytest.raises(utils.InputError, match=message) as e:
@@ -183,24 +192,35 @@ def test_bad_jsonl_stops_with_the_line(tmp_path, lines, message):
     assert "\n" not in str(e.value)
 
 
-def test_missing_jsonl_file(tmp_path):
+def test_missing_or_binary_jsonl_file(tmp_path):
     with pytest.raises(utils.InputError, match="does not exist"):
         tasks.load_jsonl_task(str(tmp_path / "none.jsonl"), FakeChatTokenizer())
+    (tmp_path / "bin.jsonl").write_bytes(b'{"problem": "a", "answer": "1"}\n\xff\xfe\x00garbage\n')
+    with pytest.raises(utils.InputError, match="bin.jsonl:2: not valid JSON"):
+        tasks.load_jsonl_task(str(tmp_path / "bin.jsonl"), FakeChatTokenizer())
 
 
 # TRACES FROM ANOTHER MODEL FAMILY
-def test_traces_from_another_tokenizer_are_retokenized(tmp_path):
+def test_traces_from_another_tokenizer_are_retokenized():
     tok = FakeChatTokenizer()
-    own_ids = tok.encode("so \\boxed{7}") + [tok.eos_token_id]
+    task = tasks.make_arith_task(tok, 1, 2, 0, seed=0)
+    own_ids = tok.encode("so \\boxed{7}") + [task.eos_id]
     own = utils.Trace("a", own_ids, "so \\boxed{7}", 3, 1.0, [-0.5] * len(own_ids))
     foreign_ids = [5, 17, 2]  # another family's ids for the text below
     foreign = utils.Trace("b", foreign_ids, "x is 12", 9, 2.0, [-0.1] * 3)
-    out = tasks.retokenize_traces({"a": own, "b": foreign}, tok, tok.eos_token_id)
+    out = tasks.retokenize_traces({"a": own, "b": foreign}, task, tok)
     assert out["a"] is own  # already the policy's tokens
-    assert out["b"].token_ids == tok.encode("x is 12") + [tok.eos_token_id] and out["b"].text == "x is 12"
+    assert out["b"].token_ids == tok.encode("x is 12") + [task.eos_id] and out["b"].text == "x is 12"
     assert out["b"].behaviour_logprobs == [] and out["b"].attempts == 9 and out["b"].flops == 2.0
-    rebuilt = tasks.retokenize_traces({"b": foreign}, tok, tok.eos_token_id, source_decode=lambda ids: "x is 13")
+    rebuilt = tasks.retokenize_traces({"b": foreign}, task, tok, source_decode=lambda ids: "x is 13")
     assert rebuilt["b"].text == "x is 13"
+
+
+def test_toy_traces_are_left_alone():
+    task = tasks.make_toy_task(12, 1, 6, 2, 0, 0)
+    ids = tasks.toy_solution_ids(tasks.toy_solve(task.train[0].meta["params"])[0])
+    trace = utils.Trace(task.train[0].id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
+    assert tasks.retokenize_traces({trace.problem_id: trace}, task, tasks.toy_tokenizer())[trace.problem_id] is trace
 
 
 class FakeChatTokenizer:
