@@ -34,9 +34,9 @@ class Args:
     """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), a local HF dir, or a hub id"""
     toy_pretrain_steps: int = 700
     """pretraining steps of the toy base model (part of its cache key)"""
-    hard_min: int = 6
+    hard_min: int = 5
     """toy task: fewest hard steps per problem (difficulty); 9 is the stall setting"""
-    hard_max: int = 8
+    hard_max: int = 7
     """toy task: most hard steps per problem"""
     n_train: int = 64
     """hard training problems drawn; the pool keeps those for which a trace was found"""

@@ -93,17 +93,21 @@ def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generato
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-    mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(p) for p in prompts], device=device)[:, None]).long()
+    # prefill each distinct prompt once, then copy its KV cache to every row that samples from it
+    distinct = {}
+    rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    width = max(len(p) for p in distinct)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in distinct], device=device)
+    mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(p) for p in distinct], device=device)[:, None]).long()
     position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1][rows]
+    past.batch_select_indices(rows)
+    mask, position = mask[rows], position[rows][:, -1:]
     out_tokens, out_lp = [], []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    past = None
     for _ in range(max_new_tokens):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
+        logp = torch.log_softmax(logits.float() / temperature, -1)
         token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(device)[:, 0]
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out_tokens.append(token)
@@ -111,8 +115,10 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         done |= token == eos_id
         if done.all():
             break
-        ids, position = token[:, None], position[:, -1:] + 1
+        position = position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
     tokens, lps = torch.stack(out_tokens, 1).tolist(), torch.stack(out_lp, 1).tolist()
     responses, logprobs = [], []
     for row, lp in zip(tokens, lps):

@@ -51,8 +51,9 @@ def test_trace_cache_round_trips_and_rejects_foreign_files(tmp_path):
 
 def test_sampling_log_probs_match_a_forward_pass():
     model, task = tiny_model(), lenient_task()
-    prompts = [p.prompt_ids for p in task.train]
+    prompts = [p.prompt_ids[: 3 + i] for i, p in enumerate(task.train) for _ in range(3)]  # repeats, ragged
     responses, logprobs = utils.sample(model, prompts, 6, 1.0, task.eos_id, task.pad_id, torch.Generator().manual_seed(0))
+    assert len({tuple(r) for r in responses}) > len(task.train)  # rows of one prompt sample independently
     ids, attn, mask = utils.make_batch(prompts, responses, task.pad_id, "cpu")
     with torch.no_grad():
         logp, _ = utils.token_logprobs(model, ids, attn)
