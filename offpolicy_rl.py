@@ -96,11 +96,13 @@ MAX_LOG_WEIGHT = 30.0  # exp(30) ~ 1e13: a sequence-level weight beyond this is 
 @torch.no_grad()
 def policy_logprobs(model, ids, attn, temperature, chunk=64):
     """log pi_theta(token_{t+1} | tokens_<=t) at the sampling temperature, shape [B, T-1], no gradient:
-    the density the on-policy rollouts are drawn from, so a trace the policy sampled itself gets ratio 1."""
-    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
-    head, targets = model.get_output_embeddings(), ids[:, 1:]
-    return torch.cat([torch.log_softmax(head(hidden[:, s : s + chunk]).float() / temperature, -1).gather(-1, targets[:, s : s + chunk, None])[..., 0]
-                      for s in range(0, targets.shape[1], chunk)], 1)
+    the density the on-policy rollouts are drawn from, so a trace the policy sampled itself gets ratio 1
+    (the same precision as utils.sample: under utils.autocast, log-softmax in fp32)."""
+    with utils.autocast(ids.device):
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+        head, targets = model.get_output_embeddings(), ids[:, 1:]
+        return torch.cat([torch.log_softmax(head(hidden[:, s : s + chunk]).float() / temperature, -1).gather(-1, targets[:, s : s + chunk, None])[..., 0]
+                          for s in range(0, targets.shape[1], chunk)], 1)
 
 
 def trace_weights(logp, behaviour_logp, mask, log_accept, args):
@@ -174,6 +176,8 @@ def main(args: Args):
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
+    if args.shaping is None and any(len(t.behaviour_logprobs) != len(t.token_ids) for t in traces.values()):
+        raise utils.InputError("importance weights need each trace token's behaviour log-prob, and these traces lack them (re-tokenized from another model?): use --shaping")
     flops = trace_flops
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
     run_dir = utils.start_run(args, "offpolicy_rl")
@@ -205,7 +209,8 @@ def main(args: Args):
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         rows, mask = (~on_policy).nonzero()[:, 0], loss_mask[~on_policy]
         behaviour = torch.zeros_like(mask)
-        behaviour[mask > 0] = torch.tensor([lp for p in batch for lp in traces[p.id].behaviour_logprobs]).to(mask)
+        if args.shaping is None:  # shaping needs no behaviour log-probs
+            behaviour[mask > 0] = torch.tensor([lp for p in batch for lp in traces[p.id].behaviour_logprobs]).to(mask)
         log_accept = torch.tensor([-math.log(traces[p.id].attempts) * args.accept_correction for p in batch]).to(mask)
         logp = policy_logprobs(model, ids[rows], attn[rows], args.temperature)
         token_weights = torch.ones_like(loss_mask)

@@ -155,3 +155,17 @@ def test_bad_input_stops_with_one_line(script, flags, message, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_traces_without_behaviour_logprobs_need_shaping(toy_cache, teacher_traces, tmp_path):
+    traces, total = utils.load_traces(teacher_traces)
+    for t in traces.values():
+        t.behaviour_logprobs = []  # as re-tokenized traces from another model family
+    path = str(tmp_path / "no_logprobs.json")
+    utils.save_traces(path, {"source": "other model"}, traces, total, {pid: 1 for pid in traces})
+    args = dict(cache_dir=toy_cache, traces=path, **{**TINY, "threads": 1, "steps": 1})
+    with pytest.raises(utils.InputError, match="use --shaping"):
+        offpolicy_rl.main(offpolicy_rl.Args(run_dir=str(tmp_path / "a"), **args))
+    assert not os.path.exists(tmp_path / "a")
+    offpolicy_rl.main(offpolicy_rl.Args(run_dir=str(tmp_path / "b"), shaping=0.1, **args))
+    assert [r["step"] for r in read_metrics(str(tmp_path / "b")) if "train/grad_norm" in r] == [1]
