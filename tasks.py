@@ -397,3 +397,19 @@ def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [task.eos_id]
         out[pid] = dataclasses.replace(t, token_ids=ids, text=text, behaviour_logprobs=[])
     return out
+
+
+# ONE ENTRY POINT FOR THE SCRIPTS
+def load_task(args, tokenizer) -> Task:
+    """--task toy | arith | FILE.jsonl, with the scripts' task flags."""
+    if args.task == "toy":
+        task = make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    elif args.task == "arith":
+        task = make_arith_task(tokenizer, args.level, args.n_train, args.n_heldout, args.task_seed)
+    elif args.task.endswith(".jsonl"):
+        task = load_jsonl_task(args.task, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
+    else:
+        raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{args.task}'")
+    if args.max_new_tokens:
+        task.max_new_tokens = args.max_new_tokens
+    return task

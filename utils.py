@@ -30,7 +30,7 @@ def clean_errors():
 
 def autocast(device):
     """bf16 autocast on CUDA (weights, gradients and optimizer state stay fp32); a no-op elsewhere.
-    Wrap sampling and the forward/backward of token_logprobs in it."""
+    sample() and token_logprobs() use it, so the scripts run unchanged on CPU and GPU."""
     if str(device).startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -85,7 +85,8 @@ def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generato
     when the model stopped) and the sampling log-prob of each token, at this temperature."""
     responses, logprobs = [], []
     for start in range(0, len(prompts), batch_size):
-        r, lp = _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature, eos_id, pad_id, generator)
+        with autocast(next(model.parameters()).device):
+            r, lp = _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature, eos_id, pad_id, generator)
         responses += r
         logprobs += lp
     return responses, logprobs
@@ -147,7 +148,8 @@ def token_logprobs(model, ids, attn, chunk=1024):
     """log pi(token_{t+1} | tokens_<=t) and the policy's entropy at each position, shape [B, T-1].
     The lm head runs on `chunk` positions at a time (recomputed in backward), so full-vocabulary fp32
     logits never exist for the whole batch at once."""
-    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+    with autocast(ids.device):
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
     head, targets = model.get_output_embeddings(), ids[:, 1:]
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     logps, ents = [], []

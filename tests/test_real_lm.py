@@ -255,3 +255,31 @@ class FakeChatTokenizer:
             raise IndexError("id out of range")
         body = bytes(i for i in ids if i < 256).decode(errors="replace")
         return body if skip_special_tokens else "".join("<|end|>" if i == 256 else "" if i == 257 else bytes([i]).decode(errors="replace") for i in ids)
+
+
+@needs_smollm2
+def test_one_prefixrl_step_on_smollm2(smollm2, tmp_path, monkeypatch):
+    """The script itself, end to end on the real LM: arith task, a traces file, tiny lengths."""
+    import copy
+
+    import prefixrl
+    from conftest import read_metrics
+
+    model, tokenizer, model_id = smollm2  # a copy, so the step leaves the session's model as it was
+    monkeypatch.setattr(models, "load_model", lambda name, *a, **k: (copy.deepcopy(model), tokenizer, model_id) if name == "smollm2-135m" else None)
+
+    task = tasks.make_arith_task(tokenizer, level=1, n_train=2, n_heldout=2, seed=0)
+    traces = {}
+    for p in task.train:
+        ids = tokenizer(f"Adding them up gives \\boxed{{{p.answer}}}.", add_special_tokens=False)["input_ids"] + [task.eos_id]
+        traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.5] * len(ids))
+    path = str(tmp_path / "traces.json")
+    utils.save_traces(path, {"source": "test"}, traces, 2.0, {pid: 1 for pid in traces})
+    args = prefixrl.Args(model="smollm2-135m", task="arith", level=1, n_train=2, n_heldout=2, traces=path, steps=1,
+                         prompts_per_step=2, rollouts=2, micro_batch=2, max_new_tokens=6, eval_samples=2, eval_every=1,
+                         threads=1, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    prefixrl.main(args)
+    rows = read_metrics(args.run_dir)
+    train = [r for r in rows if "train/grad_norm" in r]
+    assert len(train) == 1 and train[0]["train/grad_norm"] >= 0 and train[0]["train/response_len"] <= 6
+    assert [r["step"] for r in rows if "eval/heldout_pass@1" in r] == [0, 1]
