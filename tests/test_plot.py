@@ -1,0 +1,233 @@
+"""plot.py on tiny synthetic run dirs (every figure, results.md numbers equal the files' numbers) and
+reproduce.py --dry-run (the commands it would run)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import plot
+import reproduce
+
+STEPS, EVERY = 20, 5
+# method: (script, flags, final train pass@1 before the seed's offset, rejection-sampling FLOPs, label in plot.py)
+SPEC = {
+    "rl8": ("standard_rl", {"rollouts": 8}, 0.30, 0.0, "RL n=8"),
+    "rl64": ("standard_rl", {"rollouts": 64}, 0.50, 0.0, "RL n=64"),
+    "sft": ("sft_rl", {"rollouts": 8, "sft_steps": 10}, 0.70, 1e12, "SFT+RL"),
+    "off": ("offpolicy_rl", {"rollouts": 8, "shaping": None}, 0.60, 1e12, "Off-policy RL"),
+    "pre": ("prefixrl", {"rollouts": 8, "prefixed_only": False}, 0.90, 1e12, "PrefixRL"),
+    "only": ("prefixrl", {"rollouts": 8, "prefixed_only": True}, 0.40, 1e12, "PrefixRL prefixed-only"),
+}
+SEEDS = (1, 2)
+N_FINAL = 16
+
+
+def train_acc(method, seed, step):
+    return min(1.0, SPEC[method][2] * step / STEPS + 0.01 * seed)
+
+
+def step_flops(method):
+    return 8e10 if method == "rl64" else 1e10
+
+
+def write_run(root, method, seed):
+    script, flags, _, offset, _ = SPEC[method]
+    d = root / f"{method}_s{seed}"
+    d.mkdir()
+    args = dict(seed=seed, run_dir=str(d), hard_min=7, hard_max=8, trace_budget=2048, steps=STEPS, eval_every=EVERY,
+                eval_samples=16, lr=1e-4, script=script, **flags)
+    (d / "args.json").write_text(json.dumps(args))
+    rows, flops = [], offset
+    if method == "sft":
+        for s in range(11):
+            rows.append({"sft_step": s, "flops": flops, "sft/loss": 1.0 / (s + 1)})
+            if s % 5 == 0:
+                rows.append({"sft_step": s, "flops": flops, "train/entropy": 0.2 / (s + 1), "sft/reward_no_prefix": 0.5})
+            flops += 1e10 if s < 10 else 0
+    for step in range(STEPS + 1):
+        if step % EVERY == 0:
+            acc = train_acc(method, seed, step)
+            row = {"step": step, "flops": flops, "eval/train_pass@1": acc, "eval/heldout_pass@1": acc / 2,
+                   "eval/heldout_pass@8": None if (method, step) == ("rl8", 5) else min(1.0, 0.8 * acc + 0.05)}
+            if method == "only":
+                row.update({f"eval/prefix@{f:.1f}_pass@1": min(1.0, acc + f / 2) for f in (0.2, 0.4, 0.6, 0.8)})
+            rows.append(row)
+        if step == STEPS:
+            break
+        flops += step_flops(method)
+        rows.append({
+            "step": step + 1, "flops": flops,
+            "train/reward_no_prefix": None if method == "only" else train_acc(method, seed, step + 1),
+            **({"train/reward_prefixed": 0.5} if script == "prefixrl" else {}),
+            "train/all_negative_frac": 1.0 if method == "rl8" and step < 5 else 0.3,
+            "train/grad_norm": 0.0 if method == "rl8" and step < 5 else 0.1 + 0.01 * step,
+            "train/grad_std": {"off": 0.5, "sft": 0.2}.get(method),
+            "train/entropy": 0.01 if method == "sft" else 0.2 - 0.002 * step, "train/response_len": 30.0, "time": step})
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if (method, seed) == ("pre", 2):
+        text += '{"step": 21, "flo'  # a run being written ends in a partial line
+    (d / "metrics.jsonl").write_text(text)
+    counts = [min(N_FINAL, int(N_FINAL * SPEC[method][2] * (i + 1) / 8) + seed - 1) for i in range(8)]
+    (d / "final_eval.json").write_text(json.dumps({"n": N_FINAL, "step": STEPS, "heldout_counts": counts, "train_counts": counts[::-1]}))
+    return counts
+
+
+def expected(vals):
+    m = float(np.mean(vals))
+    return f"{m:.3f} ± {float(np.std(vals, ddof=1)):.3f}"
+
+
+def passk(n, c, k):  # written out again here, not taken from utils
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def table_rows(md):
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) >= 8 and cells[1].isdigit():
+            rows.setdefault(cells[0], cells)  # the first table: one row per method
+    return rows
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    counts = {(m, s): write_run(root, m, s) for m in SPEC for s in SEEDS}
+    out = tmp_path_factory.mktemp("figs")
+    assert plot.main(plot.Args(runs=(str(root),), out=str(out))) == 0
+    return root, out, counts
+
+
+def test_every_figure_and_results(synthetic):
+    root, out, _ = synthetic
+    for name in ["fig1_reward_vs_flops", "fig2_passk_heldout", "fig3_entropy", "fig4_grad_norm_std", "fig5_prefix_length", "fig6_all_negative"]:
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    assert (out / "results.md").exists() and (out / "results.json").exists()
+
+
+def test_results_numbers_match_the_files(synthetic):
+    _, out, counts = synthetic
+    rows = table_rows((out / "results.md").read_text())
+    assert set(rows) == {spec[4] for spec in SPEC.values()}
+    target = np.mean([train_acc("sft", s, STEPS) for s in SEEDS])
+    for m, (_, _, _, offset, label) in SPEC.items():
+        cells = rows[label]
+        assert cells[1] == str(len(SEEDS)) and cells[2] == str(STEPS)
+        assert cells[4] == expected([train_acc(m, s, STEPS) for s in SEEDS])
+        assert cells[5] == expected([train_acc(m, s, STEPS) / 2 for s in SEEDS])
+        assert cells[6] == expected([min(1.0, 0.8 * train_acc(m, s, STEPS) + 0.05) for s in SEEDS])
+        assert cells[7] == expected([np.mean([passk(N_FINAL, c, N_FINAL) for c in counts[m, s]]) for s in SEEDS])
+        sft_flops = 10 * 1e10 if m == "sft" else 0.0
+        reach = [offset + sft_flops + t * step_flops(m) for s in SEEDS
+                 for t in [next((t for t in range(0, STEPS + 1, EVERY) if train_acc(m, s, t) >= target), None)] if t is not None]
+        if not reach:
+            assert cells[8] == "not reached"
+        elif len(reach) == len(SEEDS):
+            assert cells[8] == (f"{np.mean(reach):.3g} ± {np.std(reach, ddof=1):.3g}" if np.std(reach) > 0 else f"{np.mean(reach):.3g} ± 0")
+        else:
+            assert cells[8].endswith(f"({len(reach)}/{len(SEEDS)} seeds; others not reached)")
+
+
+def test_claims_are_computed(synthetic):
+    _, out, _ = synthetic
+    md = (out / "results.md").read_text()
+    final = {SPEC[m][4]: np.mean([train_acc(m, s, STEPS) for s in SEEDS]) for m in SPEC}
+    order = ", ".join(f"{lab} {final[lab]:.3f}" for lab in ["RL n=8", "RL n=64", "SFT+RL", "PrefixRL"])
+    assert f"**supported** — Fig. 2/7: final no-prefix training accuracy" in md and order in md
+    # back-generalization: prefixed-only no-prefix pass@1 from step 0 to the end
+    start = expected([train_acc("only", s, 0) for s in SEEDS])
+    assert f"no-prefix train pass@1 {start} -> {expected([train_acc('only', s, STEPS) for s in SEEDS])}" in md
+    # Fig. 3 from the step-0 prefix evals: pass@1 rises with prefix length
+    base = np.mean([train_acc("only", s, 0) for s in SEEDS])
+    assert "step-0 pass@1 by prefix length: 0% " + f"{base:.3f}, 20% {base + 0.1:.3f}" in md
+    data = json.loads((out / "results.json").read_text())
+    assert {c["status"].split(" (")[0] for c in data[0]["claims"]} <= {"supported", "partly", "not supported", "not tested"}
+
+
+def test_missing_final_eval_skips_passk(tmp_path, capsys):
+    root = tmp_path / "runs"
+    root.mkdir()
+    for m in ("rl8", "pre"):
+        write_run(root, m, 1)
+        os.remove(root / f"{m}_s1" / "final_eval.json")
+    starting = root / "just_started"  # a run that has written its args but no metric yet
+    starting.mkdir()
+    (starting / "args.json").write_text(json.dumps({"script": "sft_rl", "seed": 1, "hard_min": 7, "hard_max": 8, "trace_budget": 2048}))
+    (starting / "metrics.jsonl").write_text("")
+    plot.main(plot.Args(runs=(str(root / "*"),), out=str(tmp_path / "out")))
+    assert "skipped fig2_passk_heldout.png" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "fig2_passk_heldout.png").exists()
+    assert (tmp_path / "out" / "fig1_reward_vs_flops.png").exists()
+    assert "| RL n=8 | 1 | 20 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
+    out = tmp_path / "repro"
+    assert reproduce.main(reproduce.Args(out=str(out), seeds=2, jobs=2, steps=30, extra="--hard-min 9 --hard-max 9", dry_run=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cmds = [ln.split("  > ")[0] for ln in lines if ln.startswith("python ") and "plot.py" not in ln]
+    flags = {"prefixrl": "prefixrl.py", "rl_n8": "standard_rl.py", "rl_n64": "standard_rl.py --rollouts 64 ",
+             "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --prefixed-only "}
+    want = []
+    for s in (1, 2):
+        for m, f in flags.items():
+            script, _, extra = f.partition(" ")
+            want.append(f"python {script} --seed {s} --threads 1 --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
+    assert cmds == want
+    assert lines[0].startswith("# first, alone") and lines[2] == "# then, 2 at a time:"
+    assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
+
+
+def test_reproduce_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "repro"
+    done = out / "runs" / "rl_n8_s1"
+    done.mkdir(parents=True)
+    (done / "args.json").write_text(json.dumps({"steps": 3}))
+    (done / "metrics.jsonl").write_text(json.dumps({"step": 3, "flops": 1.0, "eval/train_pass@1": 0.5}) + "\n")
+    reproduce.main(reproduce.Args(out=str(out), seeds=1, methods=("prefixrl", "rl_n8"), dry_run=True))
+    text = capsys.readouterr().out
+    assert "# rl_n8_s1: finished already" in text and "python standard_rl.py" not in text
+    assert [ln for ln in text.splitlines() if ln.startswith("python prefixrl.py")]
+    # an unfinished run with a checkpoint continues with --resume
+    (out / "runs" / "prefixrl_s1").mkdir()
+    (out / "runs" / "prefixrl_s1" / "checkpoint.pt").write_text("")
+    reproduce.main(reproduce.Args(out=str(out), seeds=1, methods=("prefixrl",), dry_run=True))
+    assert f"python prefixrl.py --resume {out}/runs/prefixrl_s1 --threads 1" in capsys.readouterr().out
+
+
+FAKE_SCRIPT = """
+import json, os, sys
+a = sys.argv[1:]
+run_dir, seed = a[a.index("--run-dir") + 1], int(a[a.index("--seed") + 1])
+if seed == 2 and "--rollouts" in a:
+    sys.exit(3)
+os.makedirs(run_dir)
+json.dump({"script": os.path.basename(sys.argv[0])[:-3], "seed": seed, "steps": 1, "rollouts": 8}, open(os.path.join(run_dir, "args.json"), "w"))
+with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    for s in (0, 1):
+        f.write(json.dumps({"step": s, "flops": s * 1e9, "eval/train_pass@1": 0.1 * s * seed, "eval/heldout_pass@1": 0.0, "eval/heldout_pass@8": 0.0}) + "\\n")
+"""
+
+
+def test_reproduce_runs_first_alone_then_the_rest_then_plots(tmp_path, monkeypatch, capsys):
+    """The whole flow with stand-in scripts that write a tiny run (no training): order, progress, failures, figures."""
+    for name in ("prefixrl", "standard_rl"):
+        (tmp_path / f"{name}.py").write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
+    monkeypatch.setattr(reproduce, "POLL_S", 0.05)
+    out = tmp_path / "repro"
+    rc = reproduce.main(reproduce.Args(out=str(out), seeds=2, methods=("prefixrl", "rl_n64"), jobs=2))
+    text = capsys.readouterr().out
+    assert rc == 1  # rl_n64_s2 fails (exit 3): reported, the others still run and are plotted
+    assert text.index("started prefixrl_s1") < text.index("[1/4] prefixrl_s1 done") < text.index("started rl_n64_s1")
+    assert "rl_n64_s2 FAILED (exit 3)" in text and "train pass@1 0.200" in text
+    assert (out / "figures" / "results.md").exists() and (out / "figures" / "fig1_reward_vs_flops.png").exists()
+    # run again: the finished runs are kept, the failed one is run again
+    monkeypatch.setattr(plot, "main", lambda args: 0)
+    reproduce.main(reproduce.Args(out=str(out), seeds=2, methods=("prefixrl", "rl_n64"), jobs=2))
+    text = capsys.readouterr().out
+    assert text.count("finished already") == 3 and "started rl_n64_s2" in text
