@@ -594,7 +594,7 @@ def claims(methods):
     claim = "Fig. 3: before RL, success rises with prefix length (~0 without prefix, then a jump)"
     base_runs = [r for m in methods for r in m.runs if prefix_fracs(r)]
     if not base_runs:
-        out.append((claim, "not tested", "no run logs eval/prefix@F_pass@1 (see the README for the eval to add)"))
+        out.append((claim, "not tested", "no run logs eval/prefix@F_pass@1 rows (format: plot.py docstring)"))
     else:
         fr = sorted({0.0} | {f for r in base_runs for f in prefix_fracs(r)})
         v = [mean_std([prefix_series(r, f).get(0, (None, None))[1] for r in base_runs])[0] for f in fr]
