@@ -66,11 +66,21 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int) -> str:
     """The cached toy base model, pretrained on first use; keyed by its config and seed."""
     spec = json.dumps(dict(config=toy_config().to_dict(), steps=pretrain_steps, seed=seed), sort_keys=True)
     path = os.path.join(cache_dir, "toy-base-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
-    if not os.path.exists(os.path.join(path, "prefixrl_toy.json")):
+    marker = os.path.join(path, "prefixrl_toy.json")
+    if not os.path.exists(marker):
         os.makedirs(cache_dir, exist_ok=True)
         t0 = time.time()
         pretrain_toy(path, pretrain_steps, seed)
         print(f"pretrained toy base model in {time.time() - t0:.0f}s -> {path}")
+    try:
+        with open(marker) as f:
+            made = json.load(f)
+        made = (made["steps"], made["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"toy base model cache '{path}' is damaged ({type(e).__name__} in prefixrl_toy.json); delete it to pretrain again") from None
+    if made != (pretrain_steps, seed):
+        raise InputError(f"toy base model cache '{path}' holds a model pretrained with steps={made[0]}, seed={made[1]}, "
+                         f"not steps={pretrain_steps}, seed={seed}; delete it to pretrain again")
     return path
 
 
@@ -135,6 +145,8 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
         hub = not _looks_local(name)
         if not hub and not os.path.exists(path):
             raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf file, a hub id, 'toy' or '{SMOLLM2}')")
+        if not hub and os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+            raise InputError(f"model directory '{name}' holds no config.json, so it is not a Hugging Face model (give a directory written by save_pretrained, a .gguf file or a hub id)")
     if not hub and os.path.isfile(path):
         if not path.endswith(".gguf"):
             raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a local HF directory)")
@@ -156,13 +168,21 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
                 if not _hub_reachable():
                     raise InputError(f"cannot download '{name}': no network; pass a local path") from None
                 model, tokenizer = load()
-    except (OSError, ValueError) as e:
+    except InputError:
+        raise
+    except Exception as e:  # OSError, ValueError, a truncated safetensors file (SafetensorError)...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if "couldn't connect" in first or "outgoing traffic" in first:
             raise InputError(f"cannot download '{name}': no network; pass a local path") from None
-        raise InputError(f"could not load model '{name}': {first}") from None
+        if name == "toy":
+            raise InputError(f"toy base model cache '{path}' is damaged ({type(e).__name__}: {first}); delete it to pretrain again") from None
+        hint = "check the hub id and your access to it" if hub else "a file of it is missing, cut short or not a model file"
+        raise InputError(f"could not load model '{name}': {type(e).__name__}: {first} ({hint})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    quantizer = getattr(model, "hf_quantizer", None)
+    if gguf_file and quantizer is not None and all(p.is_floating_point() for p in model.parameters()):
+        quantizer.remove_quantization_config(model)  # dequantized at load: a plain model, which save_pretrained can write
     if name.lower() == SMOLLM2:
         import importlib.metadata
 

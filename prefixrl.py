@@ -25,7 +25,11 @@ class Args:
     seed: int = 1
     """seed of this run (sampling, data order); the base model, problems and traces have their own"""
     run_dir: Optional[str] = None
-    """where args.json and metrics.jsonl go (default: runs/<script>__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go (default: runs/<script>__<seed>__<time>)"""
+    save_every: int = 50
+    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and on SIGINT/SIGTERM"""
+    resume: Optional[str] = None
+    """continue the run in this run dir from its checkpoint, with the flags of its args.json"""
     cache_dir: str = "cache"
     """base models and off-policy traces are cached here and shared by every run"""
     threads: int = 2
@@ -113,6 +117,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 
 
 def main(args: Args):
+    args = utils.resume_args(args, "prefixrl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
@@ -142,8 +147,11 @@ def main(args: Args):
 
     # TRAINING
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
+    ckpt = utils.Checkpoints(run_dir, args)
+    first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
     start = time.time()
-    for step in tqdm(range(args.steps + 1), desc="PrefixRL", mininterval=2):
+    for step in tqdm(range(first, args.steps + 1), desc="PrefixRL", mininterval=2):
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
             train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
@@ -172,6 +180,7 @@ def main(args: Args):
         optimizer.zero_grad()
         entropy = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
 
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
@@ -186,6 +195,8 @@ def main(args: Args):
             "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
+        ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
+    ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 
     # SUMMARY
     print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "

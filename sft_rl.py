@@ -34,7 +34,11 @@ class Args:
     seed: int = 1
     """seed of this run (sampling, data order); the base model, problems and traces have their own"""
     run_dir: Optional[str] = None
-    """where args.json and metrics.jsonl go (default: runs/<script>__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go (default: runs/<script>__<seed>__<time>)"""
+    save_every: int = 50
+    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and on SIGINT/SIGTERM"""
+    resume: Optional[str] = None
+    """continue the run in this run dir from its checkpoint, with the flags of its args.json"""
     cache_dir: str = "cache"
     """base models and off-policy traces are cached here and shared by every run"""
     threads: int = 2
@@ -155,6 +159,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 
 
 def main(args: Args):
+    args = utils.resume_args(args, "sft_rl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
     for ok, msg in [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
                     (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
@@ -184,7 +189,11 @@ def main(args: Args):
 
     # SFT: next-token loss on the full correct traces (loss on trace tokens only); rows carry sft_step
     sft_optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr)
-    for sft_step in tqdm(range(args.sft_steps + 1), desc="SFT", mininterval=2):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)  # RL's; AdamW makes its state at the first step
+    state = dict(model=model, sft_optimizer=sft_optimizer, optimizer=optimizer, rng=rng, generator=generator)
+    ckpt = utils.Checkpoints(run_dir, args)
+    first, phase, flops = ckpt.begin(state, phase="sft", flops=flops)  # --resume: the last checkpoint's phase
+    for sft_step in tqdm(range(first if phase == "sft" else args.sft_steps + 1, args.sft_steps + 1), desc="SFT", mininterval=2):
         if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:
             model.eval()
             entropy, reward = rollout_entropy(model, task, originals, args, rng, generator)
@@ -198,15 +207,16 @@ def main(args: Args):
         sft_optimizer.zero_grad()
         loss, trace_entropy = sft_backward(model, ids, attn, loss_mask, args.micro_batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        ckpt.check_finite(f"SFT step {sft_step + 1}", loss=loss, grad_norm=grad_norm)
         sft_optimizer.step()
         flops += 6 * n_params * sum(len(c) + len(t) for c, t in zip(contexts, targets))  # training only: 6·N·D
         utils.log_metrics(run_dir, {"sft_step": sft_step + 1, "flops": flops, "sft/loss": loss,
                                     "sft/trace_entropy": trace_entropy, "sft/grad_norm": grad_norm})
+        ckpt.save(state, sft_step + 1, phase="sft", flops=flops)
 
     # TRAINING
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     start = time.time()
-    for step in tqdm(range(args.steps + 1), desc="SFT+RL", mininterval=2):
+    for step in tqdm(range(first if phase == "rl" else 0, args.steps + 1), desc="SFT+RL", mininterval=2):
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
             train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
@@ -230,6 +240,7 @@ def main(args: Args):
         optimizer.zero_grad()
         entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
 
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
@@ -242,6 +253,8 @@ def main(args: Args):
             "train/grad_std": grad_std, "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
+        ckpt.save(state, step + 1, phase="rl", flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
+    ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 
     # SUMMARY
     print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "

@@ -2,12 +2,17 @@
 prefixes, FLOPs accounting and metrics logging. No training loop lives here."""
 
 import contextlib
+import dataclasses
+import glob
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -46,18 +51,84 @@ def seed_everything(seed: int, threads: int):
 
 
 # RUN DIR AND METRICS
+CHECKPOINT, POLICY_DIR = "checkpoint.pt", "policy"
+WALL_CLOCK = ("time",)
+"""metrics fields that are not a function of seed and flags: logged to time.jsonl instead of metrics.jsonl"""
+RESUME_MAY_CHANGE = ("threads", "device")
+"""flags that --resume may give again: they say where the run executes, not what it computes"""
+
+
+def write_atomic(path: str, text: str):
+    """Readers see the old file or the whole new one, never a part of it."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def refuse_taken_run_dir(run_dir):
+    if run_dir and any(os.path.exists(os.path.join(run_dir, f)) for f in ("metrics.jsonl", CHECKPOINT)):
+        raise InputError(f"run dir '{run_dir}' already holds a run; continue it with --resume {run_dir}, or pick another --run-dir")
+
+
+def resume_args(args, script: str):
+    """Without --resume: `args` as given, but a --run-dir that already holds a run is refused. With
+    --resume RUN_DIR: the run's own flags, read from RUN_DIR/args.json; only --threads and --device may
+    be given again (any other flag that differs from its default is refused). A finished run (RUN_DIR/
+    policy exists) exits 0 at once."""
+    if not getattr(args, "resume", None):
+        refuse_taken_run_dir(args.run_dir)
+        return args
+    run_dir, defaults = args.resume, type(args)()
+    path = os.path.join(run_dir, "args.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        assert isinstance(saved, dict)
+    except FileNotFoundError:
+        raise InputError(f"--resume {run_dir}: no args.json there, so it is not a run dir (give the --run-dir of the run to continue)") from None
+    except (OSError, ValueError, AssertionError) as e:
+        raise InputError(f"--resume {run_dir}: '{path}' is unreadable ({type(e).__name__}); it cannot be resumed, start a new run") from None
+    if saved.get("script") != script:
+        raise InputError(f"run dir '{run_dir}' holds a {saved.get('script')} run; resume it with {saved.get('script')}.py")
+    names = [f.name for f in dataclasses.fields(args)]
+    unknown = sorted(set(saved) - set(names) - {"script"})
+    if unknown:
+        raise InputError(f"'{path}' has flags that this {script}.py does not know ({', '.join(unknown)}); resume it with the version that started it")
+    given = [n for n in names if n not in ("resume", *RESUME_MAY_CHANGE) and getattr(args, n) != getattr(defaults, n)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise InputError(f"--resume takes every flag from '{path}'; drop {flag} (only --threads and --device may be given again)")
+    if os.path.isdir(os.path.join(run_dir, POLICY_DIR)):
+        print(f"run dir '{run_dir}' holds a finished run ({POLICY_DIR}/ is there): nothing to resume")
+        sys.exit(0)
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        raise InputError(f"run dir '{run_dir}' has no {CHECKPOINT} (it stopped before writing one); start the run again with another --run-dir")
+    merged = {n: saved.get(n, getattr(defaults, n)) for n in names}
+    merged.update({n: getattr(args, n) for n in RESUME_MAY_CHANGE if getattr(args, n) != getattr(defaults, n)})
+    return type(args)(**dict(merged, resume=run_dir, run_dir=run_dir))
+
+
 def start_run(args, script: str) -> str:
+    """Make the run dir and write args.json; a resumed run keeps its own."""
     run_dir = args.run_dir or os.path.join("runs", f"{script}__{args.seed}__{int(time.time())}")
+    if getattr(args, "resume", None):
+        return run_dir
+    refuse_taken_run_dir(run_dir)  # again: another run may have started there since resume_args
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "args.json"), "w") as f:
-        json.dump(dict(vars(args), script=script), f, indent=2)
+    write_atomic(os.path.join(run_dir, "args.json"), json.dumps(dict(vars(args), run_dir=run_dir, script=script), indent=2))
     return run_dir
 
 
 def log_metrics(run_dir: str, row: dict):
-    """One JSON object per line, flushed at once so a killed run keeps every row it logged."""
+    """One JSON object per line, flushed at once so a killed run keeps every row it logged. Wall-clock
+    fields go to time.jsonl (with the row's step), so metrics.jsonl is a function of seed and flags."""
+    clock = {k: row[k] for k in WALL_CLOCK if k in row}
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps({k: v for k, v in row.items() if k not in clock}) + "\n")
+    if clock:
+        with open(os.path.join(run_dir, "time.jsonl"), "a") as f:
+            f.write(json.dumps({**{k: row[k] for k in ("sft_step", "step") if k in row}, **clock}) + "\n")
 
 
 def check_args(args):
@@ -67,8 +138,9 @@ def check_args(args):
         (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
-        ((args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
-         f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}"),
+        (args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}"),
+        (args.micro_batch >= 1 and (args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
+         f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}; give a divisor of {args.prompts_per_step * args.rollouts}"),
     ]
     if hasattr(args, "cut_min"):
         checks.append((0 <= args.cut_min <= args.cut_max <= 1,
@@ -76,6 +148,170 @@ def check_args(args):
     for ok, msg in checks:
         if not ok:
             raise InputError(msg)
+
+
+# CHECKPOINTS: --save-every, --resume, SIGINT/SIGTERM
+class Checkpoints:
+    """One checkpoint file per run, RUN_DIR/checkpoint.pt, replaced atomically. A checkpoint at step s
+    is taken after training step s (its metrics row logged) and before the evaluation at s. It holds
+    the `state` objects (model, optimizers, the loop's numpy and torch Generators), the global RNGs
+    (python, numpy, torch CPU, CUDA), the loop's counters (step, FLOPs...) and how many rows
+    metrics.jsonl and time.jsonl had, so a resume drops the rows logged after it and logs them again:
+    on CPU the resumed run's metrics.jsonl is byte for byte the uninterrupted run's.
+
+    Written at step 0, every --save-every steps, at the last step, and when SIGINT or SIGTERM arrives:
+    the loop finishes its step, saves, and the process exits with 128 + the signal (130 / 143); a
+    second signal acts at once. A non-finite loss or gradient norm stops the run before the update,
+    with the last good checkpoint kept."""
+
+    FORMAT = "prefixrl-checkpoint-v1"
+
+    def __init__(self, run_dir: str, args):
+        self.run_dir, self.args, self.path = run_dir, args, os.path.join(run_dir, CHECKPOINT)
+        with open(os.path.join(run_dir, "args.json")) as f:
+            self.run_args = json.load(f)
+        self.saved, self.stop, self.handlers = None, None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.stop = signum
+        self.close()  # the previous handlers again: a second signal stops at once
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint (send it again to stop at once)", file=sys.stderr)
+
+    def close(self):
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        self.handlers = {}
+
+    def begin(self, state: dict, step: int = 0, **values):
+        """A new run: write the step-0 checkpoint and return (step, *values) as given. --resume: load the
+        last checkpoint into `state`, cut metrics.jsonl and time.jsonl back to it, return its (step, *values)."""
+        if not self.args.resume:
+            self.save(state, step, **values)
+            return (step, *values.values())
+        for tmp in glob.glob(self.path + ".tmp*"):  # left by a run killed while saving
+            os.remove(tmp)
+        ckpt = self._load()
+        if set(ckpt["state"]) != set(state) or set(ckpt["values"]) != set(values):
+            raise InputError(f"checkpoint '{self.path}' holds {sorted(ckpt['state'])}, {sorted(ckpt['values'])}, not what {self.run_args['script']}.py saves; start a new run")
+        try:
+            for name, obj in state.items():
+                _set_state(obj, ckpt["state"][name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"checkpoint '{self.path}' does not fit this run ({first}); start a new run") from None
+        _set_global_rng_state(ckpt["rng"])
+        for name, rows in ckpt["rows"].items():
+            _truncate_rows(os.path.join(self.run_dir, name), rows, ckpt["step"])
+        self.saved = ckpt
+        print(f"resumed {self.run_dir} from its checkpoint at {self.label(ckpt)}")
+        return (ckpt["step"], *(ckpt["values"][k] for k in values))
+
+    def save(self, state: dict, step: int, **values):
+        """After training step `step`: a checkpoint every --save-every steps, at the last step and when a
+        signal arrived (then the process exits with 128 + the signal number)."""
+        if step % self.args.save_every == 0 or step == self.args.steps or self.stop:
+            ckpt = dict(format=self.FORMAT, args=self.run_args, step=step, values=values,
+                        state={name: _get_state(obj) for name, obj in state.items()}, rng=_global_rng_state(),
+                        rows={name: _count_rows(os.path.join(self.run_dir, name)) for name in ("metrics.jsonl", "time.jsonl")})
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                torch.save(ckpt, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self.saved = ckpt
+        if self.stop:
+            self.close()
+            print(f"checkpoint at {self.label(self.saved)} in {self.path}; continue with: python {self.run_args['script']}.py --resume {self.run_dir}", file=sys.stderr)
+            sys.exit(128 + self.stop)
+
+    def check_finite(self, where: str, **values):
+        """Stop before a NaN/inf loss or gradient norm reaches the weights; the last checkpoint stays."""
+        for name, v in values.items():
+            if v is not None and not math.isfinite(v):
+                self.close()
+                raise InputError(f"{where}: {name} is {v}; stopped before the update, the last good checkpoint ({self.label(self.saved)}) "
+                                 f"stays in {self.path}; start a new run with a lower learning rate or --grad-clip")
+
+    @staticmethod
+    def label(ckpt):
+        return f"{'SFT ' if ckpt['values'].get('phase') == 'sft' else ''}step {ckpt['step']}"
+
+    def finish(self, model, tokenizer):
+        """The final policy as a Hugging Face directory, RUN_DIR/policy (save_pretrained, with the tokenizer)."""
+        out = os.path.join(self.run_dir, POLICY_DIR)
+        tmp = f"{out}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)  # atomic: a policy/ dir is always complete, and marks the run finished
+        self.close()
+
+    def _load(self):
+        try:
+            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+            assert isinstance(ckpt, dict) and ckpt.get("format") == self.FORMAT
+            assert all(k in ckpt for k in ("args", "step", "values", "state", "rng", "rows"))
+        except Exception as e:  # truncated, a foreign pickle, another format...
+            raise InputError(f"checkpoint '{self.path}' is unreadable or not a prefixrl checkpoint ({type(e).__name__}); start a new run") from None
+        if ckpt["args"] != self.run_args:
+            diff = sorted(k for k in set(ckpt["args"]) | set(self.run_args) if ckpt["args"].get(k) != self.run_args.get(k))
+            raise InputError(f"checkpoint '{self.path}' belongs to another run: its flags differ from args.json in {', '.join(diff)}; restore args.json or start a new run")
+        return ckpt
+
+
+def _get_state(obj):
+    if isinstance(obj, np.random.Generator):
+        return obj.bit_generator.state
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    return obj.state_dict()
+
+
+def _set_state(obj, saved):
+    if isinstance(obj, np.random.Generator):
+        obj.bit_generator.state = saved
+    elif isinstance(obj, torch.Generator):
+        obj.set_state(saved)
+    else:
+        obj.load_state_dict(saved)
+
+
+def _global_rng_state():
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=(kind, keys.tolist(), pos, has_gauss, gauss), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_global_rng_state(saved):
+    random.setstate(saved["python"])
+    kind, keys, *rest = saved["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available() and len(saved["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def _count_rows(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        return f.read().count(b"\n")
+
+
+def _truncate_rows(path, rows, step):
+    """Keep the first `rows` lines (those logged up to the checkpoint), atomically."""
+    if not os.path.exists(path) and rows == 0:
+        return
+    lines = open(path, "rb").read().split(b"\n")[:-1] if os.path.exists(path) else []
+    if len(lines) < rows:
+        raise InputError(f"'{path}' has {len(lines)} rows, fewer than the {rows} it had at the checkpoint (step {step}): it was cut or edited; start a new run")
+    if len(lines) > rows or os.path.getsize(path) != sum(len(x) + 1 for x in lines):
+        write_atomic(path, b"".join(x + b"\n" for x in lines[:rows]).decode())
 
 
 # SAMPLING: batched, left-padded, with a KV cache
@@ -276,14 +512,20 @@ def load_traces(path, key=None, problems=None):
             data = json.load(f)
         assert data.get("format") == "prefixrl-traces-v1"
         traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
-    except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+        assert isinstance(data["key"], dict) and isinstance(data["total_flops"], (int, float))
+        for t in traces.values():  # the fields the scripts use, with their types
+            assert t.token_ids and all(isinstance(i, int) and i >= 0 for i in t.token_ids) and isinstance(t.behaviour_logprobs, list)
+            assert isinstance(t.attempts, int) and t.attempts >= 1 and isinstance(t.flops, (int, float)) and isinstance(t.text, str)
+    except (OSError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"traces file '{path}' is unreadable or not a prefixrl traces file ({type(e).__name__}); delete it to re-collect") from None
     if key is not None and data["key"] != key:
         diff = sorted(k for k in key if data["key"].get(k) != key[k])
         raise InputError(f"traces file '{path}' was collected for a different {'/'.join(diff)}; delete it or pass another --traces path")
     if problems is not None:
         ids = {p.id for p in problems}
-        if traces and not ids & set(traces):
+        if not traces:
+            raise InputError(f"traces file '{path}' holds no traces; give a file with at least one correct trace for these problems")
+        if not ids & set(traces):
             raise InputError(f"traces file '{path}' holds traces for other problems (none of its {len(traces)} ids is a training problem here)")
         traces = {pid: t for pid, t in traces.items() if pid in ids}
     return traces, data["total_flops"]

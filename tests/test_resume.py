@@ -1,0 +1,313 @@
+"""Runs that survive: checkpoints, --resume after SIGKILL / SIGTERM / SIGINT giving the uninterrupted run's
+metrics byte for byte, determinism, and bad input stopping with one line and exit code 2."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import models
+import offpolicy_rl
+import prefixrl
+import sft_rl
+import standard_rl
+import utils
+from conftest import read_metrics
+from test_smoke import ROOT, TINY
+
+KILL = dict(TINY, steps=8, save_every=2, eval_every=4, threads=1)  # evaluations at 0, 4, 8
+SHORT = dict(TINY, steps=3, save_every=100, threads=1)  # checkpoints at 0 and 3 only, unless a signal arrives
+SFT = dict(sft_steps=3, sft_batch=4)
+
+
+def cli(settings):
+    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def metrics_bytes(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
+        return f.read()
+
+
+def train_steps(run_dir, key="step"):
+    return [r[key] for r in read_metrics(run_dir) if key in r and ("train/grad_norm" in r or "sft/loss" in r)]
+
+
+def checkpoint(run_dir):
+    return torch.load(os.path.join(run_dir, utils.CHECKPOINT), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(toy_cache, teacher_traces, tmp_path_factory):
+    """Uninterrupted runs, made once per (script, settings) and shared by the tests of this module."""
+    done = {}
+
+    def get(script, settings):
+        key = (script.__name__, json.dumps(settings, sort_keys=True))
+        if key not in done:
+            run_dir = str(tmp_path_factory.mktemp(f"ref_{script.__name__}") / "run")
+            script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **settings))
+            done[key] = run_dir
+        return done[key]
+
+    return get
+
+
+def test_same_seed_gives_byte_identical_metrics(reference, toy_cache, teacher_traces, tmp_path):
+    first = reference(prefixrl, KILL)
+    second = str(tmp_path / "run")
+    prefixrl.main(prefixrl.Args(run_dir=second, cache_dir=toy_cache, traces=teacher_traces, **KILL))
+    assert metrics_bytes(first) == metrics_bytes(second)
+    rows = read_metrics(first)
+    assert not any("time" in r for r in rows)  # wall clock lives in time.jsonl
+    with open(os.path.join(first, "time.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 9))
+    # the final policy, a Hugging Face directory, is the last checkpoint's model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = AutoModelForCausalLM.from_pretrained(os.path.join(first, utils.POLICY_DIR))
+    AutoTokenizer.from_pretrained(os.path.join(first, utils.POLICY_DIR))
+    ckpt = checkpoint(first)
+    assert ckpt["step"] == 8 and ckpt["values"]["flops"] == rows[-1]["flops"]
+    for name, p in policy.state_dict().items():
+        assert torch.equal(p, ckpt["state"]["model"][name])
+
+
+def wait_for_train_row(run_dir, step, proc, timeout=180):
+    path, t0 = os.path.join(run_dir, "metrics.jsonl"), time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:  # a line being written
+                        continue
+                    if "train/grad_norm" in row and row["step"] >= step:
+                        return
+        time.sleep(0.05)
+    raise AssertionError(f"no training row for step {step} (rc {proc.poll()})")
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(reference, toy_cache, teacher_traces, tmp_path):
+    expected = reference(prefixrl, KILL)
+    run_dir, log = str(tmp_path / "run"), open(tmp_path / "log", "w")
+    cmd = [sys.executable, "prefixrl.py", "--run-dir", run_dir, "--cache-dir", toy_cache, "--traces", teacher_traces, *cli(KILL)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_train_row(run_dir, 5, proc)  # step 5 logged: its checkpoint is step 4 (or 6, if step 6 was quick)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint(run_dir)["step"]
+    assert killed_at in (4, 6) and 8 not in train_steps(run_dir)
+    out = subprocess.run([sys.executable, "prefixrl.py", "--resume", run_dir, "--threads", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"from its checkpoint at step {killed_at}" in out.stdout
+    assert train_steps(run_dir) == list(range(1, 9))  # none duplicated, none missing
+    assert [r["step"] for r in read_metrics(run_dir) if "eval/heldout_pass@1" in r] == [0, 4, 8]
+    assert metrics_bytes(run_dir) == metrics_bytes(expected)
+    assert os.path.isdir(os.path.join(run_dir, utils.POLICY_DIR))
+
+
+@pytest.mark.parametrize("script,extra,key,at,sig", [
+    (standard_rl, {}, "step", 2, signal.SIGTERM),
+    (offpolicy_rl, {}, "step", 2, signal.SIGTERM),
+    (sft_rl, SFT, "sft_step", 2, signal.SIGTERM),  # in the SFT phase
+    (sft_rl, SFT, "step", 1, signal.SIGINT),  # in the RL phase
+])
+def test_signal_saves_a_checkpoint_and_resume_continues_exactly(script, extra, key, at, sig, reference, toy_cache, teacher_traces,
+                                                                tmp_path, monkeypatch):
+    settings = dict(SHORT, **extra)
+    expected = reference(script, settings)
+    log_metrics = utils.log_metrics
+
+    def log_then_signal(run_dir, row):  # the signal arrives while step `at` is being logged
+        log_metrics(run_dir, row)
+        if row.get(key) == at and ("train/grad_norm" in row or "sft/loss" in row):
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(utils, "log_metrics", log_then_signal)
+    run_dir, handlers = str(tmp_path / "run"), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit) as e:
+        script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **settings))
+    assert e.value.code == 128 + sig  # 143 for SIGTERM, 130 for SIGINT
+    assert handlers == {s: signal.getsignal(s) for s in handlers}  # the previous handlers are back
+    ckpt = checkpoint(run_dir)
+    assert ckpt["step"] == at and ckpt["values"].get("phase", "rl") == ("sft" if key == "sft_step" else "rl")
+    assert train_steps(run_dir, key)[-1] == at and not os.path.exists(os.path.join(run_dir, utils.POLICY_DIR))
+    monkeypatch.undo()
+    script.main(script.Args(resume=run_dir, threads=1))
+    assert metrics_bytes(run_dir) == metrics_bytes(expected)
+
+
+def test_nan_gradient_stops_before_the_update_and_keeps_the_last_checkpoint(toy_cache, teacher_traces, tmp_path, monkeypatch, capsys):
+    token_logprobs, calls = utils.token_logprobs, [0]
+
+    def poisoned(*a, **k):  # 2 micro-batches a step: step 3 gets NaN log-probs
+        calls[0] += 1
+        logp, ent = token_logprobs(*a, **k)
+        return (logp * float("nan"), ent) if calls[0] > 4 else (logp, ent)
+
+    monkeypatch.setattr(utils, "token_logprobs", poisoned)
+    run_dir = str(tmp_path / "run")
+    args = standard_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **dict(SHORT, steps=5, save_every=2))
+    err = stops(capsys, lambda: standard_rl.main(args))
+    assert "step 3: grad_norm is nan; stopped before the update, the last good checkpoint (step 2) stays in" in err
+    assert checkpoint(run_dir)["step"] == 2 and train_steps(run_dir) == [1, 2]
+
+
+# BAD INPUT: one line naming the problem and the fix, exit code 2, nothing written that a later run would trust
+def stops(capsys, fn):
+    with pytest.raises(SystemExit) as e:
+        with utils.clean_errors():
+            fn()
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bar
+    assert e.value.code == 2 and last.startswith("error: "), last
+    return last
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(lr=0.0), "--lr must be > 0, got 0.0"),
+    (dict(lr=-1e-4), "--lr must be > 0"),
+    (dict(micro_batch=5), "batch 4x4 is not divisible by --micro-batch 5; give a divisor of 16"),
+    (dict(micro_batch=0), "not divisible by --micro-batch 0"),
+    (dict(save_every=0), "--save-every must be >= 1, got 0"),
+])
+def test_flags_out_of_range(settings, message, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    cache = str(tmp_path / "cache")  # never the default cache/ (it would be used if a check did not fire)
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=cache, **dict(TINY, threads=1, **settings))))
+    assert message in err and not os.path.exists(run_dir) and not os.path.exists(cache)
+
+
+def test_run_dir_with_a_run_needs_resume(reference, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference(prefixrl, KILL), run_dir)
+    before = metrics_bytes(run_dir)
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=str(tmp_path / "cache"), **dict(TINY, threads=1))))
+    assert f"run dir '{run_dir}' already holds a run; continue it with --resume {run_dir}, or pick another --run-dir" in err
+    assert metrics_bytes(run_dir) == before
+
+
+def test_resume_problems_are_named(reference, tmp_path, capsys):
+    finished = reference(prefixrl, KILL)
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=str(tmp_path))))
+    assert "no args.json there, so it is not a run dir" in err
+    err = stops(capsys, lambda: standard_rl.main(standard_rl.Args(resume=finished)))
+    assert "holds a prefixrl run; resume it with prefixrl.py" in err
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=finished, lr=1.0)))
+    assert "--resume takes every flag from" in err and "drop --lr" in err
+    with pytest.raises(SystemExit) as e:  # a finished run: nothing to do, exit 0
+        prefixrl.main(prefixrl.Args(resume=finished, threads=1))
+    assert e.value.code == 0 and "nothing to resume" in capsys.readouterr().out
+
+
+def unfinished_copy(reference, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(reference(prefixrl, KILL), run_dir)
+    shutil.rmtree(os.path.join(run_dir, utils.POLICY_DIR))
+    return run_dir
+
+
+def test_resume_drops_the_rows_logged_after_the_checkpoint(reference, tmp_path):
+    run_dir = unfinished_copy(reference, tmp_path)  # its checkpoint is step 8: the final evaluation row came after it
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 9, "flops": 1')  # and a row cut short by a kill
+    with open(os.path.join(run_dir, "time.jsonl"), "a") as f:
+        f.write('{"step": 9, "time": 1.0}\n')
+    prefixrl.main(prefixrl.Args(resume=run_dir, threads=1))
+    assert metrics_bytes(run_dir) == metrics_bytes(reference(prefixrl, KILL))
+    with open(os.path.join(run_dir, "time.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 9))
+
+
+def test_damaged_checkpoint_or_metrics_are_named(reference, tmp_path, capsys):
+    run_dir = unfinished_copy(reference, tmp_path)
+    path = os.path.join(run_dir, utils.CHECKPOINT)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])  # cut short
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=run_dir, threads=1)))
+    assert f"checkpoint '{path}' is unreadable or not a prefixrl checkpoint" in err
+    open(path, "wb").write(data)
+    with open(os.path.join(run_dir, "args.json")) as f:
+        saved = json.load(f)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(dict(saved, seed=7), f)  # a checkpoint from another run
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=run_dir, threads=1)))
+    assert "belongs to another run: its flags differ from args.json in seed" in err
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(saved, f)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    rows = open(metrics).read().splitlines(keepends=True)
+    open(metrics, "w").write("".join(rows[:3]))
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=run_dir, threads=1)))
+    assert f"'{metrics}' has 3 rows, fewer than the {len(rows) - 1} it had at the checkpoint (step 8)" in err
+    os.remove(path)
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=run_dir, threads=1)))
+    assert "has no checkpoint.pt" in err
+
+
+def test_unreadable_models_are_named(toy_cache, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = stops(capsys, lambda: models.load_model(str(tmp_path / "empty"), toy_cache, "cpu"))
+    assert "holds no config.json, so it is not a Hugging Face model" in err
+    toy = models.toy_model_dir(toy_cache, TINY["toy_pretrain_steps"], 0)
+    cut = str(tmp_path / "cut")
+    shutil.copytree(toy, cut)
+    weights = os.path.join(cut, "model.safetensors")
+    open(weights, "r+b").truncate(os.path.getsize(weights) // 2)
+    err = stops(capsys, lambda: models.load_model(cut, toy_cache, "cpu"))
+    assert f"could not load model '{cut}'" in err and "cut short" in err
+    # the toy base-model cache: damaged or made for another key
+    cache = str(tmp_path / "cache")
+    shutil.copytree(toy_cache, cache, ignore=shutil.ignore_patterns("traces-*"))
+    copy = os.path.join(cache, os.path.basename(toy))
+    marker = os.path.join(copy, "prefixrl_toy.json")
+    meta = json.load(open(marker))
+    json.dump(dict(meta, steps=999), open(marker, "w"))
+    err = stops(capsys, lambda: models.load_model("toy", cache, "cpu", TINY["toy_pretrain_steps"]))
+    assert f"toy base model cache '{copy}' holds a model pretrained with steps=999, seed=0, not steps=20, seed=0; delete it" in err
+    open(marker, "w").write('{"steps": 2')
+    err = stops(capsys, lambda: models.load_model("toy", cache, "cpu", TINY["toy_pretrain_steps"]))
+    assert f"toy base model cache '{copy}' is damaged (JSONDecodeError in prefixrl_toy.json); delete it to pretrain again" in err
+    json.dump(meta, open(marker, "w"))
+    open(os.path.join(copy, "model.safetensors"), "r+b").truncate(100)
+    err = stops(capsys, lambda: models.load_model("toy", cache, "cpu", TINY["toy_pretrain_steps"]))
+    assert f"toy base model cache '{copy}' is damaged (SafetensorError" in err
+
+
+def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    hard = dict(TINY, threads=1, hard_min=10, hard_max=12, trace_budget=1)  # a 20-step model never solves these at once
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, **hard)))
+    assert "no correct trace found for any of 4 problems within --trace-budget 1; raise it or lower --hard-min" in err
+    assert not os.path.exists(run_dir)
+    empty = str(tmp_path / "empty.json")
+    utils.save_traces(empty, {"source": "nothing"}, {}, 0.0, {})
+    err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=empty, **dict(TINY, threads=1))))
+    assert f"traces file '{empty}' holds no traces" in err and not os.path.exists(run_dir)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("total_flops"),
+    lambda d: d.pop("key"),
+    lambda d: d["traces"][0].update(token_ids="1 2 3"),
+    lambda d: d["traces"][0].update(attempts=0),
+    lambda d: d["traces"][0].pop("behaviour_logprobs"),
+])
+def test_malformed_traces_file_is_named(damage, teacher_traces, tmp_path):
+    data = json.load(open(teacher_traces))
+    damage(data)
+    path = str(tmp_path / "bad.json")
+    json.dump(data, open(path, "w"))
+    with pytest.raises(utils.InputError, match="is unreadable or not a prefixrl traces file"):
+        utils.load_traces(path)
