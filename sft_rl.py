@@ -256,6 +256,8 @@ def main(args: Args):
         ckpt.save(state, step + 1, phase="rl", flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 
+    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
+
     # SUMMARY
     print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
           f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")

@@ -4,6 +4,7 @@ On hard problems nearly every group of rollouts fails, every advantage is zero, 
 gradient: this is the stall that PrefixRL (prefixrl.py) gets out of.
 """
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -77,7 +78,7 @@ class Args:
     """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
     loss_agg: Literal["token", "sequence"] = "token"
     """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
-    micro_batch: int = 128
+    micro_batch: int = 32
     """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
@@ -90,18 +91,24 @@ class Args:
 def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns the mean policy entropy over sampled tokens."""
+    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
+    micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
+    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy = 0.0
+    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
-    return entropy / loss_mask.sum().item()
+        if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
+            flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
+            sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
+    grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
+    return entropy / loss_mask.sum().item(), grad_std
 
 
 def main(args: Args):
@@ -157,7 +164,7 @@ def main(args: Args):
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
         optimizer.zero_grad()
-        entropy = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
@@ -168,12 +175,14 @@ def main(args: Args):
         groups = np.array(rewards).reshape(-1, args.rollouts)
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
-            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
             "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
+
+    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
 
     # SUMMARY
     print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "

@@ -432,6 +432,15 @@ def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contex
     return {k: float(np.mean([pass_at_k(n, c, k) for c in counts])) for k in ks if k <= n}, counts
 
 
+def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):
+    """Per-problem correct counts out of n samples (no prefix) at the end of a run, so plot.py can draw
+    held-out pass@k for every k <= n (the paper's Fig. 8)."""
+    _, train_counts = evaluate(model, task, train_problems, n, temperature, generator, ks=())
+    _, heldout_counts = evaluate(model, task, task.heldout, n, temperature, generator, ks=())
+    with open(os.path.join(run_dir, "final_eval.json"), "w") as f:
+        json.dump(dict(n=n, temperature=temperature, train_counts=train_counts, heldout_counts=heldout_counts), f)
+
+
 # FLOPS: 2·N·D to sample, 6·N·D to train (N parameters, D tokens)
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
