@@ -254,9 +254,9 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, phase="rl", flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
+    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 
-    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
 
     # SUMMARY
     print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
