@@ -17,6 +17,7 @@ import torch
 import tyro
 from tqdm import tqdm
 
+import checkpoints
 import models
 import tasks
 import utils
@@ -198,7 +199,7 @@ def main(args: Args):
     # TRAINING
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
-    ckpt = utils.Checkpoints(run_dir, args)
+    ckpt = checkpoints.Checkpoints(run_dir, args)
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="off-policy RL", mininterval=2):

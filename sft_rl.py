@@ -24,6 +24,7 @@ import torch
 import tyro
 from tqdm import tqdm
 
+import checkpoints
 import models
 import tasks
 import utils
@@ -191,7 +192,7 @@ def main(args: Args):
     sft_optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)  # RL's; AdamW makes its state at the first step
     state = dict(model=model, sft_optimizer=sft_optimizer, optimizer=optimizer, rng=rng, generator=generator)
-    ckpt = utils.Checkpoints(run_dir, args)
+    ckpt = checkpoints.Checkpoints(run_dir, args)
     first, phase, flops = ckpt.begin(state, phase="sft", flops=flops)  # --resume: the last checkpoint's phase
     for sft_step in tqdm(range(first if phase == "sft" else args.sft_steps + 1, args.sft_steps + 1), desc="SFT", mininterval=2):
         if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:
