@@ -164,8 +164,12 @@ def main(args: Args):
             model.eval()
             train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
             heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
-            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
-                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+            row = {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
+                   "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
+            for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the trace
+                contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * len(traces[p.id].token_ids))] for p in originals]
+                row[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts)[0][1]
+            utils.log_metrics(run_dir, row)
         if step == args.steps:
             break
 

@@ -64,3 +64,12 @@ def test_final_eval_counts_for_pass_at_k(script, toy_cache, teacher_traces, tmp_
     final = json.load(open(os.path.join(run_dir, "final_eval.json")))
     assert final["n"] == 64 and len(final["heldout_counts"]) == SMOKE_TASK["n_heldout"]
     assert all(0 <= c <= 64 for c in final["train_counts"] + final["heldout_counts"])
+
+
+def test_prefixed_only_logs_accuracy_by_prefix_length(toy_cache, teacher_traces, tmp_path):
+    run_dir = str(tmp_path / "run")
+    prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, prefixed_only=True, **TINY))
+    evals = [r for r in read_metrics(run_dir) if "eval/train_pass@1" in r]
+    for r in evals:
+        assert all(0 <= r[f"eval/prefix@{f}_pass@1"] <= 1 for f in ("0.2", "0.4", "0.6", "0.8"))
+    assert all(r["train/reward_no_prefix"] is None for r in read_metrics(run_dir) if "train/grad_norm" in r)
