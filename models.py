@@ -28,7 +28,7 @@ def toy_config(**overrides):
     return LlamaConfig(**cfg)
 
 
-def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = 30, batch: int = 128, lr: float = 3e-3):
+def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3):
     """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine."""
     from transformers import LlamaForCausalLM
     from tqdm import tqdm
@@ -62,25 +62,25 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = 30, batch
     os.replace(tmp, out_dir)  # atomic: a killed pretraining never leaves a half-written cache
 
 
-def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int) -> str:
-    """The cached toy base model, pretrained on first use; keyed by its config and seed."""
-    spec = json.dumps(dict(config=toy_config().to_dict(), steps=pretrain_steps, seed=seed), sort_keys=True)
+def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH) -> str:
+    """The cached toy base model, pretrained on first use; keyed by its config, pretraining steps, seed and task length."""
+    spec = json.dumps(dict(config=toy_config().to_dict(), steps=pretrain_steps, seed=seed, length=length), sort_keys=True)
     path = os.path.join(cache_dir, "toy-base-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
     marker = os.path.join(path, "prefixrl_toy.json")
     if not os.path.exists(marker):
         os.makedirs(cache_dir, exist_ok=True)
         t0 = time.time()
-        pretrain_toy(path, pretrain_steps, seed)
+        pretrain_toy(path, pretrain_steps, seed, toy_steps=length)
         print(f"pretrained toy base model in {time.time() - t0:.0f}s -> {path}")
     try:
         with open(marker) as f:
             made = json.load(f)
-        made = (made["steps"], made["seed"])
+        made = (made["steps"], made["seed"], made["toy_steps"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"toy base model cache '{path}' is damaged ({type(e).__name__} in prefixrl_toy.json); delete it to pretrain again") from None
-    if made != (pretrain_steps, seed):
-        raise InputError(f"toy base model cache '{path}' holds a model pretrained with steps={made[0]}, seed={made[1]}, "
-                         f"not steps={pretrain_steps}, seed={seed}; delete it to pretrain again")
+    if made != (pretrain_steps, seed, length):
+        raise InputError(f"toy base model cache '{path}' holds a model pretrained with steps={made[0]}, seed={made[1]}, length={made[2]}, "
+                         f"not steps={pretrain_steps}, seed={seed}, length={length}; delete it to pretrain again")
     return path
 
 
@@ -130,14 +130,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 700, toy_seed: int = 0, dtype=torch.float32):
+def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 700, toy_seed: int = 0, dtype=torch.float32,
+               toy_length: int = tasks.TOY_LENGTH):
     """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
     GGUF weights (quantized) are dequantized to `dtype` by transformers (needs `gguf`, `accelerate`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file, hub = None, False
     if name == "toy":
-        path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed)
+        path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed, toy_length)
     elif name.lower() == SMOLLM2:
         path = smollm2_gguf()
     else:

@@ -49,11 +49,13 @@ class Args:
     """longest response in tokens (0: the task's default)"""
     toy_pretrain_steps: int = 700
     """pretraining steps of the toy base model (part of its cache key)"""
+    toy_length: int = tasks.TOY_LENGTH
+    """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 7
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
     hard_max: int = 8
     """toy task: most hard steps per problem"""
-    n_train: int = 64
+    n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
     n_heldout: int = 64
     """held-out problems of the same difficulty, never trained on"""
@@ -130,7 +132,7 @@ def main(args: Args):
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
-    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.load_task(args, tokenizer)
     n_params = utils.count_params(model)
 
@@ -179,6 +181,7 @@ def main(args: Args):
         batch = [prefixed[i] for i in rng.choice(len(prefixed), n_prefixed, replace=len(prefixed) < n_prefixed)]
         n_original = args.prompts_per_step - n_prefixed
         batch += [(originals[i], []) for i in rng.choice(len(originals), n_original, replace=len(originals) < n_original)]
+        batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
         contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
         # the verifier reads the whole assistant turn: prefix + response
@@ -199,7 +202,7 @@ def main(args: Args):
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)
-        has_prefix = np.repeat(np.arange(args.prompts_per_step) < n_prefixed, args.rollouts)
+        has_prefix = np.repeat([len(prefix) > 0 for _, prefix in batch], args.rollouts)
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
             "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])),

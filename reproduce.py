@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 METHODS = {
     "prefixrl": ["prefixrl.py"],
     "rl_n8": ["standard_rl.py"],
-    "rl_n64": ["standard_rl.py", "--rollouts", "64"],
+    "rl_n64": ["standard_rl.py", "--rollouts", "64", "--prompts-per-step", "2"],  # 128 rollouts per step, as every method
     "sft_rl": ["sft_rl.py"],
     "offpolicy_rl": ["offpolicy_rl.py"],
     "prefixrl_prefixed_only": ["prefixrl.py", "--prefixed-only"],

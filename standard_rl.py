@@ -47,11 +47,13 @@ class Args:
     """longest response in tokens (0: the task's default)"""
     toy_pretrain_steps: int = 700
     """pretraining steps of the toy base model (part of its cache key)"""
+    toy_length: int = tasks.TOY_LENGTH
+    """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 7
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
     hard_max: int = 8
     """toy task: most hard steps per problem"""
-    n_train: int = 64
+    n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
     n_heldout: int = 64
     """held-out problems of the same difficulty, never trained on"""
@@ -118,7 +120,7 @@ def main(args: Args):
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
-    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps)
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.load_task(args, tokenizer)
     n_params = utils.count_params(model)
 

@@ -1,6 +1,6 @@
 """Tasks: problems as token ids plus an outcome reward.
 
-The offline default is a procedurally generated "hard reasoning" toy (three affine registers mod 11)
+The offline default is a procedurally generated "hard reasoning" toy (a running sum mod 11, 12 numbers)
 with its own word-level vocabulary; the toy base model is pretrained on traces of a *noisy teacher*
 that slips on hard steps, so the base model has a systematic weakness, as real LMs do.
 
@@ -25,6 +25,7 @@ from utils import InputError
 MOD = 11  # values live in Z_11
 CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints: 11^3 = 1331 possible answers
 TEACHER_P_CORRECT = 0.35  # on a hard step the noisy teacher writes the right value with this prob.
+TOY_LENGTH = 12  # numbers to add per problem: short sequences keep sampling fast on a CPU
 
 
 @dataclass
@@ -111,7 +112,27 @@ def toy_solution_ids(values: list[int]) -> list[int]:
 
 
 def random_params(rng, steps: int, max_add: int = MOD - 1):
+    """Pretraining data: x0 and b_1..b_L uniform (about one step in three is hard)."""
     return int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, max_add + 1, steps)]
+
+
+def params_with_hard_steps(rng, steps: int, hard: int):
+    """A problem with exactly `hard` hard steps, at positions drawn uniformly: each b is uniform among
+    the values that make its step hard (x + b >= 11) or easy (x + b <= 10). A carry lowers x, and none
+    is possible from x = 0, so a draw that gets there is drawn again."""
+    for _ in range(100_000):
+        x0 = x = int(rng.integers(0, MOD))
+        is_hard = np.zeros(steps, dtype=bool)
+        is_hard[rng.choice(steps, hard, replace=False)] = True
+        adds = []
+        for h in is_hard:
+            if h and x == 0:
+                break
+            adds.append(int(rng.integers(MOD - x, MOD)) if h else int(rng.integers(0, MOD - x)))
+            x = (x + adds[-1]) % MOD
+        else:
+            return x0, adds
+    raise InputError(f"could not draw a toy problem with {hard} hard steps out of {steps}: lower --hard-max")
 
 
 def toy_reward(problem: Problem, response_ids: list[int]) -> float:
@@ -124,19 +145,19 @@ def toy_reward(problem: Problem, response_ids: list[int]) -> float:
 
 
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
-    """Problems whose number of hard steps H lies in [hard_min, hard_max], drawn deterministically
-    from `seed`; train and held-out are disjoint."""
+    """Problems with H hard steps, H uniform in [hard_min, hard_max], drawn deterministically from
+    `seed`; train and held-out are disjoint."""
     if not 0 <= hard_min <= hard_max <= steps:
         raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps}, got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
-    for _ in range(2_000_000):
+    for _ in range(100 * (n_train + n_heldout)):
         if len(problems) == n_train + n_heldout:
             break
-        params = random_params(rng, steps, max_add=int(rng.integers(1, MOD)))
+        params = params_with_hard_steps(rng, steps, int(rng.integers(hard_min, hard_max + 1)))
         values, hard = toy_solve(params)
         key = str(params)
-        if not hard_min <= hard <= hard_max or key in seen:
+        if key in seen:
             continue
         seen.add(key)
         answer = toy_solution_ids(values)[-1 - CHECKPOINTS : -1]
@@ -144,7 +165,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "params": params}))
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
-    spec = dict(task="toy", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+    spec = dict(task="toy", draw="hard-positions", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],
@@ -403,7 +424,7 @@ def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -
 def load_task(args, tokenizer) -> Task:
     """--task toy | arith | FILE.jsonl, with the scripts' task flags."""
     if args.task == "toy":
-        task = make_toy_task(30, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+        task = make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     elif args.task == "arith":
         task = make_arith_task(tokenizer, args.level, args.n_train, args.n_heldout, args.task_seed)
     elif args.task.endswith(".jsonl"):

@@ -27,7 +27,7 @@ def toy_cache(tmp_path_factory):
 def teacher_traces(tmp_path_factory):
     """A traces file with the exact solutions of the smoke task's training problems, so the smoke
     runs do not depend on how well a 20-step model samples."""
-    task = tasks.make_toy_task(30, SMOKE_TASK["hard_min"], SMOKE_TASK["hard_max"], SMOKE_TASK["n_train"],
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, SMOKE_TASK["hard_min"], SMOKE_TASK["hard_max"], SMOKE_TASK["n_train"],
                                SMOKE_TASK["n_heldout"], SMOKE_TASK["task_seed"])
     traces = {}
     for p in task.train:

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaForCausalLM
@@ -164,7 +165,20 @@ def test_toy_reward_reads_only_the_final_answer():
     bump(wrong_answer, len(good) - 2)
     assert task.reward(p, wrong_answer) == 0.0
     assert task.reward(p, good[:-5]) == 0.0  # no '=': no answer
-    assert len(set(map(str, (q.answer for q in tasks.make_toy_task(30, 0, 30, 400, 0, 1).train)))) > 200  # a wide answer space
+    assert len(set(map(str, (q.answer for q in tasks.make_toy_task(12, 0, 8, 400, 0, 1).train)))) > 200  # a wide answer space
+
+
+def test_toy_problems_have_exactly_the_hard_steps_asked_for():
+    rng = np.random.default_rng(0)
+    for length, hard in [(12, 0), (12, 7), (12, 10), (15, 11)]:
+        for _ in range(20):
+            params = tasks.params_with_hard_steps(rng, length, hard)
+            assert len(params[1]) == length and tasks.toy_solve(params)[1] == hard
+    positions = [tuple(x + b >= 11 for x, b in zip([p[0]] + tasks.toy_solve(p)[0], p[1]))
+                 for p in (tasks.params_with_hard_steps(rng, 12, 4) for _ in range(50))]
+    assert len(set(positions)) > 30  # hard steps at drawn positions, not a fixed pattern
+    with pytest.raises(utils.InputError, match="12 hard steps out of 12"):  # a carry lowers x: at most 10 in a row
+        tasks.params_with_hard_steps(rng, 12, 12)
 
 
 def test_toy_splits_are_deterministic_and_disjoint():

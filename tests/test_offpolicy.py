@@ -14,7 +14,7 @@ import sft_rl
 import tasks
 import test_math
 import utils
-from conftest import SMOKE_TASK, read_metrics
+from conftest import read_metrics
 from test_math import grads, random_batch, tiny_model
 from test_smoke import EVAL_KEYS, ROOT, TINY, TRAIN_KEYS
 

@@ -137,7 +137,7 @@ def test_claims_are_computed(synthetic):
     md = (out / "results.md").read_text()
     final = {SPEC[m][4]: np.mean([train_acc(m, s, STEPS) for s in SEEDS]) for m in SPEC}
     order = ", ".join(f"{lab} {final[lab]:.3f}" for lab in ["RL n=8", "RL n=64", "SFT+RL", "PrefixRL"])
-    assert f"**supported** — Fig. 2/7: final no-prefix training accuracy" in md and order in md
+    assert "**supported** — Fig. 2/7: final no-prefix training accuracy" in md and order in md
     # back-generalization: prefixed-only no-prefix pass@1 from step 0 to the end
     start = expected([train_acc("only", s, 0) for s in SEEDS])
     assert f"no-prefix train pass@1 {start} -> {expected([train_acc('only', s, STEPS) for s in SEEDS])}" in md
@@ -170,7 +170,7 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     assert reproduce.main(reproduce.Args(out=str(out), seeds=2, jobs=2, steps=30, extra="--hard-min 9 --hard-max 9", dry_run=True)) == 0
     lines = capsys.readouterr().out.splitlines()
     cmds = [ln.split("  > ")[0] for ln in lines if ln.startswith("python ") and "plot.py" not in ln]
-    flags = {"prefixrl": "prefixrl.py", "rl_n8": "standard_rl.py", "rl_n64": "standard_rl.py --rollouts 64 ",
+    flags = {"prefixrl": "prefixrl.py", "rl_n8": "standard_rl.py", "rl_n64": "standard_rl.py --rollouts 64 --prompts-per-step 2 ",
              "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --prefixed-only "}
     want = []
     for s in (1, 2):

@@ -12,7 +12,7 @@ from test_math import tiny_model
 
 def lenient_task():
     """The toy task with a reward that passes half the samples, so a random model finds traces."""
-    task = tasks.make_toy_task(30, 1, 30, 6, 0, 0)
+    task = tasks.make_toy_task(12, 1, 6, 6, 0, 0)
     task.reward = lambda p, r: float(len(r) > 0 and r[0] % 2 == 0)
     task.max_new_tokens = 5
     return task
@@ -43,7 +43,7 @@ def test_trace_cache_round_trips_and_rejects_foreign_files(tmp_path):
     with pytest.raises(utils.InputError, match="different model"):
         utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="other")
     with pytest.raises(utils.InputError, match="other problems"):
-        utils.load_traces(path, problems=tasks.make_toy_task(30, 1, 30, 6, 0, 99).train)
+        utils.load_traces(path, problems=tasks.make_toy_task(12, 1, 6, 6, 0, 99).train)
     open(path, "w").write(open(path).read()[:50])  # truncated
     with pytest.raises(utils.InputError, match="unreadable"):
         utils.load_traces(path)
