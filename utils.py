@@ -217,7 +217,7 @@ def token_logprobs(model, ids, attn, chunk=1024):
     The lm head runs on `chunk` positions at a time (recomputed in backward), so full-vocabulary fp32
     logits never exist for the whole batch at once."""
     with autocast(ids.device):
-        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
+        hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
     head, targets = model.get_output_embeddings(), ids[:, 1:]
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     logps, ents = [], []

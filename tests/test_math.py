@@ -97,6 +97,21 @@ def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
         torch.testing.assert_close(g, out[0], rtol=1e-5, atol=1e-7)
 
 
+def test_activation_checkpointing_leaves_the_gradient_unchanged():
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    out = []
+    for checkpointing in [False, True]:
+        model = tiny_model()
+        model.train()
+        if checkpointing:
+            models.enable_activation_checkpointing(model)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
+        prefixrl.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 4, "token")
+        out.append(grads(model))
+    torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
+
+
 def test_reinforce_gradient_matches_the_formula():
     """Token-mean loss: grad = -(1/T) sum_i sum_t A_i grad log pi(y_it), T = sampled tokens."""
     contexts, responses = random_batch()

@@ -275,7 +275,7 @@ def test_unreadable_models_are_named(toy_cache, tmp_path, capsys):
     meta = json.load(open(marker))
     json.dump(dict(meta, steps=999), open(marker, "w"))
     err = stops(capsys, lambda: models.load_model("toy", cache, "cpu", TINY["toy_pretrain_steps"]))
-    assert f"toy base model cache '{copy}' holds a model pretrained with steps=999, seed=0, not steps=20, seed=0; delete it" in err
+    assert f"toy base model cache '{copy}' holds a model pretrained with steps=999, seed=0, length=12, not steps=20, seed=0, length=12; delete it" in err
     open(marker, "w").write('{"steps": 2')
     err = stops(capsys, lambda: models.load_model("toy", cache, "cpu", TINY["toy_pretrain_steps"]))
     assert f"toy base model cache '{copy}' is damaged (JSONDecodeError in prefixrl_toy.json); delete it to pretrain again" in err
