@@ -2,11 +2,12 @@
 
     python reproduce.py --dry-run          # print the commands
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
-    python reproduce.py --seeds 1 --steps 50 --extra="--hard-min 9 --hard-max 9 --trace-budget 4096"
+    python reproduce.py --seeds 1 --methods prefixrl rl_n8 \
+        --extra="--toy-length 15 --hard-min 11 --hard-max 11 --n-train 8 --trace-budget 131072"   # the stall
 
-One run goes first, alone: it pretrains the toy base model and collects the traces, both cached in
-cache/ and reused by every other run (same model, problems, budget and trace seed). The others then run
---jobs at a time with one torch thread each. Run dirs go to OUT/runs/<method>_s<seed>, each run's
+One run goes first, alone, with --jobs torch threads: it pretrains the toy base model and collects the
+traces, both cached in cache/ and reused by every other run (same model, problems, budget and trace
+seed). The others then run --jobs at a time with one torch thread each. Run dirs go to OUT/runs/<method>_s<seed>, each run's
 output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
@@ -50,7 +51,7 @@ class Args:
     steps: Optional[int] = None
     """passed to every run as --steps (default: the scripts' own)"""
     extra: str = ""
-    """more flags for every run, one string; write it --extra="--hard-min 9 --hard-max 9" (with '=')"""
+    """more flags for every run, one string; write it --extra="--hard-min 11 --hard-max 11" (with '=')"""
     dry_run: bool = False
     """print the commands and exit"""
     python: str = sys.executable
@@ -117,7 +118,8 @@ def summary(run_dir):
 def start(job, python):
     os.makedirs(os.path.dirname(os.path.join(ROOT, job.log)), exist_ok=True)
     log = open(os.path.join(ROOT, job.log), "w")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    threads = job.cmd[job.cmd.index("--threads") + 1]
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     proc = subprocess.Popen([python, *job.cmd[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     return proc
@@ -168,6 +170,8 @@ def main(args: Args):
             aside.append(j.run_dir)
             print(f"# {j.name}: an unfinished run in {j.run_dir} is moved to {j.run_dir}.partial-<time> and run again")
         todo.append(j)
+    if todo and args.jobs > 1:  # the first run is alone: give it every core
+        todo[0].cmd[todo[0].cmd.index("--threads") + 1] = str(args.jobs)
     plot_cmd = f"python plot.py {os.path.join(out, 'runs')} --out {os.path.join(out, 'figures')}"
     if args.dry_run:
         for i, j in enumerate(todo):

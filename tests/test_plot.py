@@ -176,7 +176,8 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     for s in (1, 2):
         for m, f in flags.items():
             script, _, extra = f.partition(" ")
-            want.append(f"python {script} --seed {s} --threads 1 --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
+            threads = 2 if not want else 1  # the first run is alone and gets every core (--jobs)
+            want.append(f"python {script} --seed {s} --threads {threads} --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
     assert cmds == want
     assert lines[0].startswith("# first, alone") and lines[2] == "# then, 2 at a time:"
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
