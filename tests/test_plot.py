@@ -165,6 +165,17 @@ def test_missing_final_eval_skips_passk(tmp_path, capsys):
     assert "| RL n=8 | 1 | 20 |" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_settings_split_only_on_keys_that_apply_to_the_task():
+    def run(**a):
+        return plot.Run(path=f"r{len(a)}", args=dict(script="prefixrl", seed=1, task="toy", level=3, hard_min=7, hard_max=8, **a),
+                        rows=[], final_eval=None)
+
+    toy_a, toy_b, hard = run(), run(), run()
+    toy_b.args["level"] = 4  # --level is for --task arith: not a different toy setting
+    hard.args["hard_min"] = 9
+    assert [len(ms[0].runs) for _, ms in plot.group([toy_a, toy_b, hard])] == [2, 1]
+
+
 def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     out = tmp_path / "repro"
     assert reproduce.main(reproduce.Args(out=str(out), seeds=2, jobs=2, steps=30, extra="--hard-min 9 --hard-max 9", dry_run=True)) == 0
@@ -197,7 +208,8 @@ def test_reproduce_skips_finished_runs(tmp_path, capsys):
     (out / "runs" / "prefixrl_s1").mkdir()
     (out / "runs" / "prefixrl_s1" / "checkpoint.pt").write_text("")
     reproduce.main(reproduce.Args(out=str(out), seeds=1, methods=("prefixrl",), dry_run=True))
-    assert f"python prefixrl.py --resume {out}/runs/prefixrl_s1 --threads 1" in capsys.readouterr().out
+    threads = max(1, reproduce.Args().jobs)  # the first run is alone and gets every core
+    assert f"python prefixrl.py --resume {out}/runs/prefixrl_s1 --threads {threads}" in capsys.readouterr().out
 
 
 FAKE_SCRIPT = """

@@ -287,7 +287,7 @@ def test_unreadable_models_are_named(toy_cache, tmp_path, capsys):
 
 def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
-    hard = dict(TINY, threads=1, hard_min=10, hard_max=12, trace_budget=1)  # a 20-step model never solves these at once
+    hard = dict(TINY, threads=1, hard_min=9, hard_max=10, trace_budget=1)  # a 20-step model never solves these at once
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, **hard)))
     assert "no correct trace found for any of 4 problems within --trace-budget 1; raise it or lower --hard-min" in err
     assert not os.path.exists(run_dir)
