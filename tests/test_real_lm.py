@@ -175,6 +175,18 @@ def test_jsonl_task_fields_split_and_answers(tmp_path):
     assert len(tasks.load_jsonl_task(path, tok, 0.2, 0, n_train=4, n_heldout=1).train) == 4
 
 
+def test_dataset_flag_is_the_jsonl_task(tmp_path):
+    import prefixrl
+
+    path, tok = write(tmp_path, [json.dumps({"problem": f"What is {i} + 1?", "answer": i + 1}) for i in range(6)]), FakeChatTokenizer()
+    by_dataset = tasks.load_task(prefixrl.Args(dataset=path, n_train=4, n_heldout=2), tok)
+    by_task = tasks.load_task(prefixrl.Args(task=path, n_train=4, n_heldout=2), tok)
+    assert [p.id for p in by_dataset.train + by_dataset.heldout] == [p.id for p in by_task.train + by_task.heldout]
+    assert len(by_dataset.train) == 4 and by_dataset.fingerprint == by_task.fingerprint
+    with pytest.raises(utils.InputError, match="give --dataset or --task, not both"):
+        tasks.load_task(prefixrl.Args(dataset=path, task="arith"), tok)
+
+
 @pytest.mark.parametrize("lines,message", [
     ([], "holds no problems"),
     (["", "  "], "holds no problems"),
