@@ -179,7 +179,9 @@ class Method:
 
 
 def setting_value(a, k):
-    return a[k] if a.get("task", "toy") in ONLY_FOR_TASK.get(k, (a.get("task", "toy"),)) else None
+    """A run's value of a setting key; None where the key does not apply to its task (--level on the toy)."""
+    applies_to = ONLY_FOR_TASK.get(k)
+    return a[k] if applies_to is None or a.get("task", "toy") in applies_to else None
 
 
 def group(runs):

@@ -7,8 +7,8 @@
 
 One run goes first, alone, with --jobs torch threads: it pretrains the toy base model and collects the
 traces, both cached in cache/ and reused by every other run (same model, problems, budget and trace
-seed). The others then run --jobs at a time with one torch thread each. Run dirs go to OUT/runs/<method>_s<seed>, each run's
-output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
+seed). The others then run --jobs at a time with one torch thread each. Run dirs go to
+OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
 <dir>.partial-<time> (never deleted) and run again.

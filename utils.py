@@ -244,7 +244,9 @@ def group_advantages(rewards, group_size, std_normalize=False):
 
 # EVALUATION: pass@k with the unbiased estimator
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """1 - C(n-c, k) / C(n, k): the chance that k of the n samples include a correct one."""
+    """1 - C(n-c, k) / C(n, k): the chance that k of the n samples include a correct one (k <= n)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n samples, got n={n}")
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))

@@ -2,7 +2,7 @@
 pass@budget per level, from `budget` samples per problem at temperature 1.0 (the trace-collection
 setting). Prints one line per problem as it goes and a table at the end; writes --out as JSON.
 
-    python bench/calibrate_arith.py --levels 3 4 --problems 4 --budget 192 --threads 2
+    python bench/calibrate_arith.py --levels 2 3 4 --problems 4 --budget 192 --threads 2
 """
 
 import json
@@ -62,10 +62,9 @@ def main(args: Args):
                 correct += sum(task.reward(p, r) for r in responses)
             counts.append(int(correct))
             print(f"level {level} {p.id}: {int(correct)}/{args.budget} correct  ({p.meta['text'][:70]}...)", flush=True)
-        n = args.budget
-        row = dict(level=level, problems=len(counts), budget=n, counts=counts, seconds=round(time.time() - start),
-                   pass1=sum(utils.pass_at_k(n, c, 1) for c in counts) / len(counts),
-                   pass8=sum(utils.pass_at_k(n, c, 8) for c in counts) / len(counts),
+        row = dict(level=level, problems=len(counts), budget=args.budget, counts=counts, seconds=round(time.time() - start),
+                   pass1=sum(utils.pass_at_k(args.budget, c, 1) for c in counts) / len(counts),
+                   pass8=sum(utils.pass_at_k(args.budget, c, 8) for c in counts) / len(counts) if args.budget >= 8 else float("nan"),
                    pass_budget=sum(c > 0 for c in counts) / len(counts))
         rows.append(row)
         utils.write_atomic(args.out, json.dumps(dict(args=vars(args), levels=rows), indent=1))

@@ -154,6 +154,11 @@ def test_pass_at_k_matches_brute_force(n, c, k):
     assert math.isclose(utils.pass_at_k(n, c, k), brute, abs_tol=1e-12)
 
 
+def test_pass_at_k_refuses_k_above_n():
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        utils.pass_at_k(3, 0, 8)  # undefined: no 8 of 3 samples
+
+
 def test_prefixes_are_fixed_token_cuts_in_range():
     traces = {f"p{i}": utils.Trace(f"p{i}", list(range(100 + i)), "", 1, 0.0, []) for i in range(20)}
     cuts = utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
