@@ -72,7 +72,8 @@ class Args:
     """use this traces file instead of collecting (e.g. traces from another model)"""
     ratio: Literal["token", "sequence"] = "token"
     """importance weight of a trace token: token: pi_theta(y_t|.) / pi_b(y_t|.) (biased, the paper's);
-    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased up to P(accept), huge variance)"""
+    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased but for the P(accept) plug-in; its
+    spread grows with the trace's length). README compares the four choices on the toy"""
     clip: Optional[float] = None
     """truncate every importance weight at this value (biased); default: no truncation"""
     shaping: Optional[float] = None
