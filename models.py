@@ -15,36 +15,46 @@ import tasks
 from utils import InputError
 
 
-# TOY BASE MODEL: a ~0.8M-parameter Llama pretrained on the noisy teacher's traces
-def toy_config(**overrides):
-    from transformers import LlamaConfig
+# TOY BASE MODELS: a ~0.8M-parameter Llama pretrained on the noisy teacher's traces ("toy"), and one of
+# another family for cross-family traces (paper Fig. 10): a GPT-2 (learned positions, LayerNorm, GELU)
+# taught by another noisy teacher, whose mistakes differ ("toy-gpt2")
+TOY_MODELS = {"toy": ("llama", "base"), "toy-gpt2": ("gpt2", "other")}
+"""name -> (architecture, noisy teacher of tasks.TEACHERS)"""
 
+
+def toy_config(arch: str = "llama", **overrides):
+    from transformers import GPT2Config, LlamaConfig
+
+    special = dict(pad_token_id=tasks.PAD, bos_token_id=tasks.BOS, eos_token_id=tasks.EOS, vocab_size=len(tasks.VOCAB))
+    if arch == "gpt2":
+        return GPT2Config(**{**dict(n_embd=128, n_layer=3, n_head=4, n_positions=128, tie_word_embeddings=True), **special, **overrides})
     cfg = dict(
-        vocab_size=len(tasks.VOCAB), hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=4, intermediate_size=512, max_position_embeddings=128, tie_word_embeddings=True,
-        pad_token_id=tasks.PAD, bos_token_id=tasks.BOS, eos_token_id=tasks.EOS,
+        hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, intermediate_size=512, max_position_embeddings=128, tie_word_embeddings=True, **special,
     )
     cfg.update(overrides)
     return LlamaConfig(**cfg)
 
 
-def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3):
+def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3,
+                 name: str = "toy"):
     """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine."""
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     from tqdm import tqdm
 
+    arch, teacher = TOY_MODELS[name]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = LlamaForCausalLM(toy_config())
+    model = AutoModelForCausalLM.from_config(toy_config(arch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     prompt_len = len(tasks.toy_prompt_ids(tasks.random_params(np.random.default_rng(0), toy_steps)))
-    bar = tqdm(range(steps), desc="pretrain toy base model", mininterval=2)
+    bar = tqdm(range(steps), desc=f"pretrain {name} base model", mininterval=2)
     for _ in bar:
-        ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps))
+        ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps, teacher))
         logits = model(ids).logits[:, prompt_len - 1 : -1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
         opt.zero_grad()
@@ -57,20 +67,22 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
     model.save_pretrained(tmp)
     tasks.toy_tokenizer().save_pretrained(tmp)
     with open(os.path.join(tmp, "prefixrl_toy.json"), "w") as f:
-        json.dump(dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr), f)
+        json.dump(dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name), f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)  # atomic: a killed pretraining never leaves a half-written cache
 
 
-def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH) -> str:
-    """The cached toy base model, pretrained on first use; keyed by its config, pretraining steps, seed and task length."""
-    spec = json.dumps(dict(config=toy_config().to_dict(), steps=pretrain_steps, seed=seed, length=length), sort_keys=True)
-    path = os.path.join(cache_dir, "toy-base-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
+def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH, name: str = "toy") -> str:
+    """The cached toy base model, pretrained on first use; keyed by its config, teacher, pretraining steps, seed and task length."""
+    arch, teacher = TOY_MODELS[name]
+    spec = dict(config=toy_config(arch).to_dict(), rules=tasks.RULES, teacher=teacher, steps=pretrain_steps, seed=seed, length=length)
+    spec = json.dumps(spec, sort_keys=True)
+    path = os.path.join(cache_dir, f"{name}-base-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
     marker = os.path.join(path, "prefixrl_toy.json")
     if not os.path.exists(marker):
         os.makedirs(cache_dir, exist_ok=True)
         t0 = time.time()
-        pretrain_toy(path, pretrain_steps, seed, toy_steps=length)
+        pretrain_toy(path, pretrain_steps, seed, toy_steps=length, name=name)
         print(f"pretrained toy base model in {time.time() - t0:.0f}s -> {path}")
     try:
         with open(marker) as f:
@@ -137,15 +149,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 700, toy_seed: int = 0, dtype=torch.float32,
+def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 1500, toy_seed: int = 0, dtype=torch.float32,
                toy_length: int = tasks.TOY_LENGTH):
     """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
     GGUF weights (quantized) are dequantized to `dtype` by transformers (needs `gguf`, `accelerate`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file, hub = None, False
-    if name == "toy":
-        path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed, toy_length)
+    if name in TOY_MODELS:
+        path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed, toy_length, name)
     elif name.lower() == SMOLLM2:
         path = smollm2_gguf()
     else:
@@ -182,7 +194,7 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if "couldn't connect" in first or "outgoing traffic" in first:
             raise InputError(f"cannot download '{name}': no network; pass a local path") from None
-        if name == "toy":
+        if name in TOY_MODELS:
             raise InputError(f"toy base model cache '{path}' is damaged ({type(e).__name__}: {first}); delete it to pretrain again") from None
         hint = "check the hub id and your access to it" if hub else "a file of it is missing, cut short or not a model file"
         raise InputError(f"could not load model '{name}': {type(e).__name__}: {first} ({hint})") from None

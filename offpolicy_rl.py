@@ -50,13 +50,13 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = 700
+    toy_pretrain_steps: int = 1500
     """pretraining steps of the toy base model (part of its cache key)"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
-    hard_min: int = 7
+    hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 8
+    hard_max: int = 12
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -227,7 +227,7 @@ def main(args: Args):
         contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
         sampled, _ = utils.sample(model, [p.prompt_ids for p in batch for _ in range(args.rollouts - 1)], task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
         responses = [r for i, p in enumerate(batch) for r in sampled[i * (args.rollouts - 1) : (i + 1) * (args.rollouts - 1)] + [traces[p.id].token_ids]]
-        rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+        rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
         on_policy = torch.tensor([j < args.rollouts - 1 for _ in batch for j in range(args.rollouts)], device=args.device)
 
         # IMPORTANCE WEIGHTS of the trace tokens under the current policy (1 on on-policy tokens);

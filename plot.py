@@ -3,8 +3,9 @@
     python plot.py runs/def_* --out figures      # run dirs, globs, or parent dirs holding run dirs
 
 Runs are grouped into methods: the script plus the flags that change the algorithm (standard_rl with
---rollouts 64 is "RL n=64", prefixrl --prefixed-only is "PrefixRL prefixed-only"; any other flag that
-differs between runs of a script is added to the name). Seeds of a method are averaged: mean and a band
+--rollouts 64 is "RL n=64", prefixrl --prefixed-only is "PrefixRL prefixed-only", prefixrl --traces FILE (traces
+collected by another model family) is "PrefixRL, other-family traces"; any other flag that differs between runs of
+a script is added to the name). Seeds of a method are averaged: mean and a band
 (--band std: ± one standard deviation over seeds; minmax: min to max). Runs of different task settings
 (--hard-min, --trace-budget, ...) are never averaged together: each setting gets its own subfolder.
 
@@ -59,8 +60,11 @@ SETTING_KEYS = ("model", "task", "dataset", "level", "max_new_tokens", "toy_pret
                 "n_heldout", "task_seed", "trace_budget", "trace_seed")
 ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_length": ("toy",), "hard_min": ("toy",),
                  "hard_max": ("toy",)}  # a key that does not apply to a run's task does not split settings
+# a method run on traces from another model family (--traces FILE): paper Fig. 10
+OTHER_FAMILY_SUFFIX = ", other-family traces"
+OTHER_FAMILY = "PrefixRL" + OTHER_FAMILY_SUFFIX
 COLORS = {"PrefixRL": "tab:red", "PrefixRL prefixed-only": "tab:orange", "RL n=8": "tab:gray", "RL n=64": "black",
-          "SFT+RL": "tab:blue", "Off-policy RL": "tab:green", "LUFFY": "tab:olive"}
+          "SFT+RL": "tab:blue", "Off-policy RL": "tab:green", "LUFFY": "tab:olive", OTHER_FAMILY: "maroon"}
 SPARE_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:cyan", "gold", "navy", "lime", "teal"]
 PREFIX_KEY = re.compile(r"^eval/prefix@([0-9.]+)_pass@1$")
 
@@ -146,16 +150,20 @@ def find_runs(patterns):
 
 # GROUPING: settings, then methods
 def base_name(a):
+    """The method's name from its script and algorithm flags; a run on a traces file (--traces, collected by
+    another model family) is a method of its own."""
     script = a.get("script", "?")
     if script == "prefixrl":
-        return "PrefixRL prefixed-only" if a.get("prefixed_only") else "PrefixRL"
-    if script == "standard_rl":
-        return f"RL n={a.get('rollouts', 8)}"
-    if script == "sft_rl":
-        return "SFT+RL"
-    if script == "offpolicy_rl":
-        return "LUFFY" if a.get("shaping") is not None else "Off-policy RL"
-    return script
+        name = "PrefixRL prefixed-only" if a.get("prefixed_only") else "PrefixRL"
+    elif script == "standard_rl":
+        name = f"RL n={a.get('rollouts', 8)}"
+    elif script == "sft_rl":
+        name = "SFT+RL"
+    elif script == "offpolicy_rl":
+        name = "LUFFY" if a.get("shaping") is not None else "Off-policy RL"
+    else:
+        name = script
+    return name + (OTHER_FAMILY_SUFFIX if a.get("traces") else "")
 
 
 NAMED_BY_BASE = {"prefixed_only", "shaping"}  # flags already in the base name (rollouts only for standard RL)
@@ -209,7 +217,7 @@ def group(runs):
             for gkey, gruns in groups.items():
                 extra = ", ".join(key_text(k, json.loads(gkey[keys.index(k)])) for k in diff)
                 methods.append(Method(f"{base} ({extra})" if extra else base, base, sorted(gruns, key=lambda r: (r.args.get("seed", 0), r.path))))
-        order = ["RL n=8", "RL n=64", "SFT+RL", "Off-policy RL", "LUFFY", "PrefixRL", "PrefixRL prefixed-only"]
+        order = ["RL n=8", "RL n=64", "SFT+RL", "Off-policy RL", "LUFFY", "PrefixRL", OTHER_FAMILY, "PrefixRL prefixed-only"]
         methods.sort(key=lambda m: (order.index(m.base) if m.base in order else len(order), m.label))
         spare = iter(SPARE_COLORS * 4)
         used = set()
@@ -438,20 +446,38 @@ def fig_passk(plt, methods, out, args):
     return True
 
 
-def fig_over_steps(plt, methods, out, args, panels, title, fname, logy=False, note=None, ylim=None):
+def with_no_prefix(methods, key):
+    """[(method, key, line style)]: every method's `key`, and after each that logs `key`_no_prefix (PrefixRL)
+    that too, dotted: its no-prefix rollouts alone are the ones to compare with standard RL's."""
+    lines = []
+    for m in methods:
+        lines.append((m, key, "-"))
+        if any(value(row, key + "_no_prefix") is not None for r in m.runs for row in r.train):
+            lines.append((Method(f"{m.label} (no-prefix rollouts)", m.base, m.runs, m.color), key + "_no_prefix", ":"))
+    return lines
+
+
+NO_PREFIX_NOTE = ("PrefixRL, solid: over all its rollouts, prefixed ones included; dotted: over its no-prefix rollouts "
+                  "(original problems) only, like standard RL's rollouts, so that line is the one to compare with RL's")
+
+
+def fig_over_steps(plt, methods, out, args, panels, title, fname, logy=False, note=None, ylim=None, no_prefix_too=False):
     fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 6.5 * len(panels) + 0.5), 5.6), squeeze=False)
+    drew_no_prefix = False
     for ax, (key, ptitle, ylabel) in zip(axes[0], panels):
-        curves = [(m, aggregate([train_series(r, key, args.smooth) for r in m.runs], args.band)) for m in methods]
-        curves = [(m, c) for m, c in curves if c is not None]
+        lines = with_no_prefix(methods, key) if no_prefix_too else [(m, key, "-") for m in methods]
+        curves = [(m, aggregate([train_series(r, k, args.smooth) for r in m.runs], args.band), ls) for m, k, ls in lines]
+        curves = [(m, c, ls) for m, c, ls in curves if c is not None]
         if logy and curves:  # a zero gradient has no place on a log axis: it is drawn at a floor
-            pos = np.concatenate([c.mean[c.mean > 0] for _, c in curves] + [np.array([])])
+            pos = np.concatenate([c.mean[c.mean > 0] for _, c, _ in curves] + [np.array([])])
             floor = 10 ** math.floor(math.log10(pos.min() / 10)) if len(pos) else 1e-6
-            if any((c.mean <= floor).any() for _, c in curves):
+            if any((c.mean <= floor).any() for _, c, _ in curves):
                 ax.axhline(floor, color="dimgray", lw=0.8, ls="--", label="zero (drawn at the dashed floor)")
-            for _, c in curves:
+            for _, c, _ in curves:
                 c.mean, c.lo, c.hi = np.maximum(c.mean, floor), np.maximum(c.lo, floor), np.maximum(c.hi, floor)
-        for m, c in curves:
-            draw(ax, m, c)
+        for m, c, ls in curves:
+            draw(ax, m, c, ls=ls)
+        drew_no_prefix |= any(ls == ":" for _, _, ls in curves)
         if key == "train/entropy" and any("sft_step" in r for m in methods for run in m.runs for r in run.rows[:1]):
             ax.axvline(0, color="dimgray", ls=":", lw=1.2, label="SFT+RL: SFT ends, RL starts (SFT steps < 0)")
         if not curves:
@@ -462,6 +488,8 @@ def fig_over_steps(plt, methods, out, args, panels, title, fname, logy=False, no
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim and curves:
             ax.set_ylim(*ylim)
+    if drew_no_prefix:
+        note = (note + "; " if note else "") + NO_PREFIX_NOTE
     finish(plt, fig, axes, title, os.path.join(out, fname), note)
 
 
@@ -552,185 +580,318 @@ def heldout_pass_at(m):
     return {k: v for k, v in d.items() if v is not None}, "last eval rows"
 
 
-def claims(methods):
-    """[(claim, status, measured)] computed from the runs; status: supported / partly / not supported / not tested."""
-    out = []
-    rl_all = sorted([m for m in methods if m.base.startswith("RL n=")], key=lambda m: int(m.base[5:]))
-    rl8 = pick(methods, "RL n=8") or (rl_all[0] if rl_all else None)
-    rl64 = pick(methods, "RL n=64") or (rl_all[-1] if len(rl_all) > 1 else None)
-    sft, pre, off, only = pick(methods, "SFT+RL"), pick(methods, "PrefixRL"), pick(methods, "Off-policy RL"), pick(methods, "PrefixRL prefixed-only")
-    f3 = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+def no_prefix_window_mean(m, key, lo, hi):
+    """(mean over seeds of `key` over [lo, hi] of each run, where): for PrefixRL over its no-prefix rollouts
+    only (`key`_no_prefix), like standard RL's, whose rollouts are all no-prefix; a run that does not log it
+    (an older run) falls back to `key`, over all its rollouts, prefixed ones included, and `where` says so."""
+    per_run, fallback = [], 0
+    for r in m.runs:
+        vals = train_window(r, key + "_no_prefix", lo, hi)
+        if not vals:
+            vals = train_window(r, key, lo, hi)
+            fallback += bool(vals)
+        if vals:
+            per_run.append(float(np.mean(vals)))
+    where = "no-prefix rollouts" + (f"; {fallback}/{len(m.runs)} run(s) log no {key}_no_prefix (older runs): "
+                                    "all rollouts there, prefixed ones included" if fallback else "")
+    return (float(np.mean(per_run)) if per_run else None), where
 
-    def status_of(checks, missing=()):
-        """supported / partly / not supported from the tested parts; names the methods not run."""
-        st = "supported" if checks and all(checks) else ("partly" if any(checks) else "not supported")
-        return st + (f" (as far as tested: no {', '.join(missing)} results)" if missing else "")
 
-    # Fig. 2/7: ordering of final no-prefix training accuracy
+def f3(v):
+    return "–" if v is None else f"{v:.3f}"
+
+
+def status_of(checks, missing=(), partly=False):
+    """supported / partly / not supported from the tested parts; names the methods not run."""
+    st = "supported" if checks and all(checks) else ("partly" if any(checks) or partly else "not supported")
+    return st + (f" (as far as tested: no {', '.join(missing)} results)" if missing else "")
+
+
+@dataclass
+class Cast:
+    """The methods the claims compare, looked up once; None where a method was not run."""
+    methods: list
+    rl8: Optional[Method]
+    rl64: Optional[Method]
+    sft: Optional[Method]
+    pre: Optional[Method]
+    off: Optional[Method]
+    only: Optional[Method]
+    other: Optional[Method]  # PrefixRL on another model family's traces
+    NAMES = {"rl8": "RL n=8", "rl64": "RL n=64", "sft": "SFT+RL", "off": "Off-policy RL"}
+
+    @classmethod
+    def of(cls, methods):
+        rl_all = sorted([m for m in methods if m.base.startswith("RL n=")], key=lambda m: int(m.base[5:]))
+        return cls(methods, rl8=pick(methods, "RL n=8") or (rl_all[0] if rl_all else None),
+                   rl64=pick(methods, "RL n=64") or (rl_all[-1] if len(rl_all) > 1 else None), sft=pick(methods, "SFT+RL"),
+                   pre=pick(methods, "PrefixRL"), off=pick(methods, "Off-policy RL"), only=pick(methods, "PrefixRL prefixed-only"),
+                   other=pick(methods, OTHER_FAMILY))
+
+    def missing(self, fields, have):
+        """Names of the methods in `fields` that were not run or are not in `have` (no numbers)."""
+        return [self.NAMES[f] for f in fields if getattr(self, f) is None or getattr(self, f) not in have]
+
+
+# The paper's regime: the problems are hard for the base model, as in the paper
+def claim_rl8_stays_low(c):
+    claim = "Paper's regime: RL n=8's no-prefix train pass@1 stays low for the whole run, with most groups all-negative"
+    curve = aggregate([eval_series(r, "eval/train_pass@1") for r in c.rl8.runs], "std") if c.rl8 else None
+    neg = window_mean(c.rl8, "train/all_negative_frac", 0, 1) if c.rl8 else None
+    if curve is None or neg is None:
+        return claim, "not tested", "needs standard RL runs with eval rows and train/all_negative_frac"
+    peak, low, most = float(curve.mean.max()), 0.2, 0.5
+    return claim, status_of([peak < low, neg > most]), (
+        f"{c.rl8.label}: highest eval train pass@1 (mean over seeds) {peak:.3f} ('low' = below {low}); "
+        f"all-negative group fraction over the whole run {neg:.3f} ('most' = above {most})")
+
+
+def claim_rl64_between(c):
+    claim = "Paper's regime: RL n=64 does better than RL n=8 but stays well below PrefixRL"
+    a, b, p = (final_mean(m, "eval/train_pass@1") for m in (c.rl8, c.rl64, c.pre))
+    if None in (a, b, p):
+        return claim, "not tested", "needs RL n=8, RL n=64 and PrefixRL runs with eval rows"
+    well_below = 0.67
+    return claim, status_of([a < b, b <= well_below * p]), (
+        f"final eval train pass@1: {c.rl8.label} {a:.3f}, {c.rl64.label} {b:.3f}, PrefixRL {p:.3f} "
+        f"('well below' = at most {well_below} x PrefixRL's = {well_below * p:.3f})")
+
+
+def claim_prefixrl_solves_most(c):
+    claim = "Paper's regime: PrefixRL's final no-prefix train pass@1 is >= 0.5 and >= 3x RL n=8's"
+    p, a = final_mean(c.pre, "eval/train_pass@1"), final_mean(c.rl8, "eval/train_pass@1")
+    if p is None or a is None:
+        return claim, "not tested", "needs PrefixRL and RL n=8 runs with eval rows"
+    return claim, status_of([p >= 0.5, p >= 3 * a]), (
+        f"final eval train pass@1: PrefixRL {p:.3f}, {c.rl8.label} {a:.3f} (PrefixRL / {c.rl8.label} = "
+        + (f"{p / a:.1f})" if a > 0 else "inf)"))
+
+
+def claim_heldout_above_rl(c):
+    claim = "Paper's regime: PrefixRL's final held-out pass@1 is above both RL runs'"
+    p = final_mean(c.pre, "eval/heldout_pass@1")
+    rls = [m for m in (c.rl8, c.rl64) if m is not None and final_mean(m, "eval/heldout_pass@1") is not None]
+    if p is None or not rls:
+        return claim, "not tested", "needs PrefixRL and standard RL runs with eval rows"
+    vals = [final_mean(m, "eval/heldout_pass@1") for m in rls]
+    return claim, status_of([p > v for v in vals], c.missing(("rl8", "rl64"), rls)), (
+        f"final eval held-out pass@1: PrefixRL {p:.3f}, " + ", ".join(f"{m.label} {v:.3f}" for m, v in zip(rls, vals)))
+
+
+def claim_ahead_on_flops(c):
+    claim = ("Paper's regime: on the FLOPs axis (rejection sampling included), PrefixRL is ahead of both RL runs "
+             "from where its curve starts to the end")
+
+    def curve(m):  # seed mean of eval train pass@1 by FLOPs
+        return aggregate([eval_series(r, "eval/train_pass@1", x="flops") for r in m.runs], "std") if m else None
+
+    p = curve(c.pre)
+    rls = [(m, curve(m)) for m in (c.rl8, c.rl64) if curve(m) is not None]
+    if p is None or len(p.x) < 2 or not rls:
+        return claim, "not tested", "needs PrefixRL runs with eval rows after the first, and standard RL runs with eval rows"
+    xs, ys = p.x[1:], p.mean[1:]  # the first point is the base model at the traces' cost: it cannot be ahead
+    full, parts, any_ahead = [], [], False
+    for m, rl in rls:
+        compared = xs <= rl.x[-1]  # beyond RL's last FLOPs there is no RL value to compare with
+        n = int(compared.sum())
+        ahead = int((ys[compared] > np.interp(xs[compared], rl.x, rl.mean)).sum())
+        full.append(n > 0 and ahead == n and 2 * n >= len(xs))
+        any_ahead |= ahead > 0
+        parts.append(f"vs {m.label}: ahead at {ahead}/{n} points compared, {len(xs) - n} beyond its last FLOPs ({rl.x[-1]:.3g})")
+    return claim, status_of(full, c.missing(("rl8", "rl64"), [m for m, _ in rls]), partly=any_ahead), (
+        "; ".join(parts) + f" (seed means; RL interpolated linearly in FLOPs; PrefixRL has {len(xs)} eval points after its "
+        "first; 'supported' = ahead at every compared point, with at least half of them compared, against each RL run)")
+
+
+# The paper's figures
+def claim_final_order(c):
     claim = "Fig. 2/7: final no-prefix training accuracy RL n=8 < RL n=64 < SFT+RL < PrefixRL"
-    order = [m for m in (rl8, rl64, sft, pre) if m is not None and final_mean(m, "eval/train_pass@1") is not None]
+    order = [m for m in (c.rl8, c.rl64, c.sft, c.pre) if m is not None and final_mean(m, "eval/train_pass@1") is not None]
+    if len(order) < 2 or c.pre not in order:
+        return claim, "not tested", "needs PrefixRL and at least one baseline"
     vals = [final_mean(m, "eval/train_pass@1") for m in order]
-    if len(order) < 2 or pre not in order:
-        out.append((claim, "not tested", "needs PrefixRL and at least one baseline"))
-    else:
-        ok = all(a < b for a, b in zip(vals, vals[1:]))
-        top = max(zip(vals, [m.label for m in order]))
-        missing = [n for n, m in (("RL n=8", rl8), ("RL n=64", rl64), ("SFT+RL", sft)) if m is None or m not in order]
-        status = status_of([ok] if ok else [False, top[1] == pre.label], missing)
-        out.append((claim, status, "final eval train pass@1: " + ", ".join(f"{m.label} {f3(v)}" for m, v in zip(order, vals))
-                    + f"; highest: {top[1]}"))
+    ok = all(a < b for a, b in zip(vals, vals[1:]))
+    top = max(zip(vals, [m.label for m in order]))
+    status = status_of([ok] if ok else [False, top[1] == c.pre.label], c.missing(("rl8", "rl64", "sft"), order))
+    return claim, status, ("final eval train pass@1: " + ", ".join(f"{m.label} {f3(v)}" for m, v in zip(order, vals))
+                           + f"; highest: {top[1]}")
 
-    # Fig. 2/7: PrefixRL reaches SFT+RL's final reward with fewer FLOPs, traces included
+
+def claim_reaches_sft_faster(c):
     claim = "Fig. 2/7: PrefixRL reaches SFT+RL's final training accuracy ~2x faster in FLOPs (rejection sampling included)"
-    target = final_mean(sft, "eval/train_pass@1") if sft else None
-    if target is None or pre is None:
-        out.append((claim, "not tested", "needs PrefixRL and SFT+RL runs with eval rows"))
-    else:
-        fp = [reach_flops(r, "eval/train_pass@1", target) for r in pre.runs]
-        fs = [reach_flops(r, "eval/train_pass@1", target) for r in sft.runs]
-        mp, ms = mean_std(fp)[0], mean_std(fs)[0]
-        reached = f"PrefixRL reached it in {sum(v is not None for v in fp)}/{len(fp)} seeds, SFT+RL in {sum(v is not None for v in fs)}/{len(fs)}"
-        if mp is None or ms is None or None in fp:
-            out.append((claim, "not supported", f"target {f3(target)} (SFT+RL's mean final eval train pass@1); {reached}"))
-        else:
-            ratio = ms / mp
-            status = "supported" if ratio >= 1.5 else ("partly" if ratio > 1 else "not supported")
-            out.append((claim, status, f"target {f3(target)}; FLOPs to reach it: PrefixRL {mp:.3g}, SFT+RL {ms:.3g} "
-                        f"(SFT+RL / PrefixRL = {ratio:.2f}; paper ~2; 'supported' needs >= 1.5); {reached}"))
+    target = final_mean(c.sft, "eval/train_pass@1")
+    if target is None or c.pre is None:
+        return claim, "not tested", "needs PrefixRL and SFT+RL runs with eval rows"
+    fp = [reach_flops(r, "eval/train_pass@1", target) for r in c.pre.runs]
+    fs = [reach_flops(r, "eval/train_pass@1", target) for r in c.sft.runs]
+    mp, ms = mean_std(fp)[0], mean_std(fs)[0]
+    reached = f"PrefixRL reached it in {sum(v is not None for v in fp)}/{len(fp)} seeds, SFT+RL in {sum(v is not None for v in fs)}/{len(fs)}"
+    if mp is None or ms is None or None in fp:
+        return claim, "not supported", f"target {f3(target)} (SFT+RL's mean final eval train pass@1); {reached}"
+    ratio = ms / mp
+    status = "supported" if ratio >= 1.5 else ("partly" if ratio > 1 else "not supported")
+    return claim, status, (f"target {f3(target)}; FLOPs to reach it: PrefixRL {mp:.3g}, SFT+RL {ms:.3g} "
+                           f"(SFT+RL / PrefixRL = {ratio:.2f}; paper ~2; 'supported' needs >= 1.5); {reached}")
 
-    # Fig. 3: base success vs prefix length
+
+def claim_success_rises_with_prefix(c):
     claim = "Fig. 3: before RL, success rises with prefix length (~0 without prefix, then a jump)"
-    base_runs = [r for m in methods for r in m.runs if prefix_fracs(r)]
+    base_runs = [r for m in c.methods for r in m.runs if prefix_fracs(r)]
     if not base_runs:
-        out.append((claim, "not tested", "no run logs eval/prefix@F_pass@1 rows (format: plot.py docstring)"))
-    else:
-        fr = sorted({0.0} | {f for r in base_runs for f in prefix_fracs(r)})
-        v = [mean_std([prefix_series(r, f).get(0, (None, None))[1] for r in base_runs])[0] for f in fr]
-        fv = [(f, x) for f, x in zip(fr, v) if x is not None]
-        ys = [x for _, x in fv]
-        rises = len(ys) > 1 and all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] > ys[0]
-        rise = ys[-1] - ys[0] if len(ys) > 1 else 0.0
-        jump = max((b - a for a, b in zip(ys, ys[1:])), default=0.0) / rise if rise > 0 else 0.0
-        status = "supported" if rises and jump > 0.5 else ("partly" if rises else "not supported")
-        out.append((claim, status, "step-0 pass@1 by prefix length: " + ", ".join(f"{f:.0%} {x:.3f}" for f, x in fv)
-                    + f"; largest step between neighbouring lengths = {jump:.0%} of the total rise ('jump' needs > 50%)"))
+        return claim, "not tested", "no run logs eval/prefix@F_pass@1 rows (format: plot.py docstring)"
+    fr = sorted({0.0} | {f for r in base_runs for f in prefix_fracs(r)})
+    v = [mean_std([prefix_series(r, f).get(0, (None, None))[1] for r in base_runs])[0] for f in fr]
+    fv = [(f, x) for f, x in zip(fr, v) if x is not None]
+    ys = [x for _, x in fv]
+    rises = len(ys) > 1 and all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] > ys[0]
+    rise = ys[-1] - ys[0] if len(ys) > 1 else 0.0
+    jump = max((b - a for a, b in zip(ys, ys[1:])), default=0.0) / rise if rise > 0 else 0.0
+    status = "supported" if rises and jump > 0.5 else ("partly" if rises else "not supported")
+    return claim, status, ("step-0 pass@1 by prefix length: " + ", ".join(f"{f:.0%} {x:.3f}" for f, x in fv)
+                           + f"; largest step between neighbouring lengths = {jump:.0%} of the total rise ('jump' needs > 50%)")
 
-    # §4: prefixed-only training raises no-prefix accuracy
+
+def claim_back_generalization(c):
     claim = "§4: training only on prefixed problems raises no-prefix accuracy (back-generalization)"
-    if only is None:
-        out.append((claim, "not tested", "no prefixrl --prefixed-only runs"))
-    else:
-        start = [value(r.evals[min(r.evals)], "eval/train_pass@1") for r in only.runs if r.evals]
-        end = [r.final("eval/train_pass@1") for r in only.runs]
-        hs = [value(r.evals[min(r.evals)], "eval/heldout_pass@1") for r in only.runs if r.evals]
-        he = [r.final("eval/heldout_pass@1") for r in only.runs]
-        up = [b > a for a, b in zip(start, end) if a is not None and b is not None]
-        status = "supported" if up and all(up) else ("partly" if any(up) else "not supported")
-        out.append((claim, status, f"no-prefix train pass@1 {fmt(start)} -> {fmt(end)}, held-out pass@1 {fmt(hs)} -> {fmt(he)}; "
-                    f"rose in {sum(up)}/{len(up)} seeds"))
+    if c.only is None:
+        return claim, "not tested", "no prefixrl --prefixed-only runs"
+    start = [value(r.evals[min(r.evals)], "eval/train_pass@1") for r in c.only.runs if r.evals]
+    end = [r.final("eval/train_pass@1") for r in c.only.runs]
+    hs = [value(r.evals[min(r.evals)], "eval/heldout_pass@1") for r in c.only.runs if r.evals]
+    he = [r.final("eval/heldout_pass@1") for r in c.only.runs]
+    up = [b > a for a, b in zip(start, end) if a is not None and b is not None]
+    status = "supported" if up and all(up) else ("partly" if any(up) else "not supported")
+    return claim, status, (f"no-prefix train pass@1 {fmt(start)} -> {fmt(end)}, held-out pass@1 {fmt(hs)} -> {fmt(he)}; "
+                           f"rose in {sum(up)}/{len(up)} seeds")
 
-    # §4: long prefixes improve before short ones
+
+def claim_long_prefixes_first(c):
     claim = "§4: training on long prefixes improves shorter prefixes first, then no prefix"
-    runs = only.runs if only else []
+    runs = c.only.runs if c.only else []
     fr = sorted({f for r in runs for f in prefix_fracs(r)})
     if not fr:
-        out.append((claim, "not tested", "needs eval/prefix@F_pass@1 rows in prefixed-only runs"))
-    else:
-        half = {}
-        for f in [0.0] + fr:
-            c = aggregate([prefix_series(r, f) for r in runs], "std")
-            if c is None or len(c.mean) < 2:
-                continue
-            gain = c.mean - c.mean[0]
-            steps = sorted(set().union(*[prefix_series(r, f) for r in runs]))
-            half[f] = next((s for s, g in zip(steps, gain) if gain.max() > 0 and g >= gain.max() / 2), None)
-        seq = [half[f] for f in sorted(half, reverse=True) if half[f] is not None]
-        ok = len(seq) > 1 and all(a <= b for a, b in zip(seq, seq[1:]))
-        out.append((claim, "supported" if ok else "not supported", "step at which each prefix length reaches half its gain: "
-                    + ", ".join(f"{f:.0%}: {'no gain' if half[f] is None else half[f]}" for f in sorted(half, reverse=True))
-                    + " (longer prefixes should come first)"))
+        return claim, "not tested", "needs eval/prefix@F_pass@1 rows in prefixed-only runs"
+    half = {}  # prefix length -> first step with half the length's total gain
+    for f in [0.0] + fr:
+        curve = aggregate([prefix_series(r, f) for r in runs], "std")
+        if curve is None or len(curve.mean) < 2:
+            continue
+        gain = curve.mean - curve.mean[0]
+        steps = sorted(set().union(*[prefix_series(r, f) for r in runs]))
+        half[f] = next((s for s, g in zip(steps, gain) if gain.max() > 0 and g >= gain.max() / 2), None)
+    seq = [half[f] for f in sorted(half, reverse=True) if half[f] is not None]
+    ok = len(seq) > 1 and all(a <= b for a, b in zip(seq, seq[1:]))
+    return claim, "supported" if ok else "not supported", (
+        "step at which each prefix length reaches half its gain: "
+        + ", ".join(f"{f:.0%}: {'no gain' if half[f] is None else half[f]}" for f in sorted(half, reverse=True))
+        + " (longer prefixes should come first)")
 
-    out.append(("Fig. 5: the model can drop the prefix's strategy for a better one", "not tested", "needs reading samples, not metrics"))
 
-    # Fig. 8: lead grows with k
+def claim_drops_prefix_strategy(c):
+    return "Fig. 5: the model can drop the prefix's strategy for a better one", "not tested", "needs reading samples, not metrics"
+
+
+def claim_lead_grows_with_k(c):
     claim = "Fig. 8: PrefixRL's held-out lead over the baselines grows with k"
-    baselines = [m for m in (rl8, rl64, sft, off) if m is not None]
-    if pre is None or not baselines:
-        out.append((claim, "not tested", "needs PrefixRL and a baseline"))
-    else:
-        p = heldout_pass_at(pre)
-        parts, grows = [], []
-        for b in baselines:
-            q = heldout_pass_at(b)
-            ks = sorted(set(p[0]) & set(q[0]))
-            if len(ks) < 2:
-                continue
-            l1, lk = p[0][1] - q[0][1], p[0][ks[-1]] - q[0][ks[-1]]
-            grows.append(lk > l1 and lk > 0)
-            parts.append(f"vs {b.label}: lead {l1:+.3f} at k=1, {lk:+.3f} at k={ks[-1]} ({p[1] if p[1] == q[1] else 'last eval rows'})")
-        missing = [n for n, m in (("RL n=8", rl8), ("RL n=64", rl64), ("SFT+RL", sft), ("Off-policy RL", off)) if m is None]
-        status = "not tested" if not grows else status_of(grows, missing)
-        out.append((claim, status, "; ".join(parts) or "no held-out pass@k numbers"))
+    baselines = [m for m in (c.rl8, c.rl64, c.sft, c.off) if m is not None]
+    if c.pre is None or not baselines:
+        return claim, "not tested", "needs PrefixRL and a baseline"
+    p = heldout_pass_at(c.pre)
+    parts, grows = [], []
+    for b in baselines:
+        q = heldout_pass_at(b)
+        ks = sorted(set(p[0]) & set(q[0]))
+        if len(ks) < 2:
+            continue
+        l1, lk = p[0][1] - q[0][1], p[0][ks[-1]] - q[0][ks[-1]]
+        grows.append(lk > l1 and lk > 0)
+        parts.append(f"vs {b.label}: lead {l1:+.3f} at k=1, {lk:+.3f} at k={ks[-1]} ({p[1] if p[1] == q[1] else 'last eval rows'})")
+    status = "not tested" if not grows else status_of(grows, c.missing(("rl8", "rl64", "sft", "off"), baselines))
+    return claim, status, "; ".join(parts) or "no held-out pass@k numbers"
 
+
+def claim_other_family(c):
     claim = "Fig. 10: prefixes from another model family work nearly as well"
-    other = [m for m in methods if m.base == "PrefixRL" and any(r.args.get("traces") for r in m.runs)]
-    if not other or pre is None or pre in other:
-        out.append((claim, "not tested", "needs PrefixRL runs with --traces from another model next to runs with own traces"))
-    else:
-        a, b = final_mean(pre, "eval/train_pass@1"), final_mean(other[0], "eval/train_pass@1")
-        out.append((claim, "supported" if a and b is not None and b >= 0.9 * a else "not supported",
-                    f"final train pass@1: own traces {f3(a)}, {other[0].label} {f3(b)} ('nearly' = at least 90%)"))
+    if c.other is None or c.pre is None:
+        return claim, "not tested", "needs PrefixRL runs with --traces from another model family next to runs with their own traces"
+    keys = ("eval/train_pass@1", "eval/heldout_pass@1")
+    own, other = [final_mean(c.pre, k) for k in keys], [final_mean(c.other, k) for k in keys]
+    nearly = [a is not None and b is not None and b >= 0.9 * a for a, b in zip(own, other)]
+    return claim, status_of(nearly), (
+        f"final train pass@1: own traces {f3(own[0])}, {c.other.label} {f3(other[0])}; final held-out pass@1: own traces "
+        f"{f3(own[1])}, {c.other.label} {f3(other[1])} ('nearly' = at least 90% of own traces', for each)")
 
-    # Fig. 11: entropy
+
+def claim_entropy(c):
     claim = "Fig. 11: token entropy: SFT+RL collapses towards 0; PrefixRL stays near standard RL"
-    if pre is None or rl8 is None:
-        out.append((claim, "not tested", "needs PrefixRL and standard RL runs"))
-    else:
-        ep, er = window_mean(pre, "train/entropy", 0.8, 1.0), window_mean(rl8, "train/entropy", 0.8, 1.0)
-        e0 = window_mean(rl8, "train/entropy", 0.0, 0.05)
-        near = ep is not None and er is not None and er > 0 and 0.5 <= ep / er <= 2
-        txt = f"mean entropy over the last 20% of steps: PrefixRL {f3(ep)}, {rl8.label} {f3(er)} (ratio {ep / er if er else float('nan'):.2f}; 'near' = 0.5..2); start of RL {f3(e0)}"
-        collapse = None
-        if sft is not None:
-            es = window_mean(sft, "train/entropy", 0.8, 1.0)
-            collapse = es is not None and er is not None and es < 0.25 * er
-            txt += f"; SFT+RL {f3(es)} ('collapse' = below 25% of {rl8.label}'s)"
-        out.append((claim, status_of([near] + ([collapse] if sft is not None else []), [] if sft else ["SFT+RL"]), txt))
+    if c.pre is None or c.rl8 is None:
+        return claim, "not tested", "needs PrefixRL and standard RL runs"
+    ep, where = no_prefix_window_mean(c.pre, "train/entropy", 0.8, 1.0)
+    er = window_mean(c.rl8, "train/entropy", 0.8, 1.0)
+    e0 = window_mean(c.rl8, "train/entropy", 0.0, 0.05)
+    ratio = ep / er if ep is not None and er else float("nan")
+    checks = [0.5 <= ratio <= 2]
+    txt = (f"mean entropy over the last 20% of steps: PrefixRL ({where}) {f3(ep)}, {c.rl8.label} {f3(er)} "
+           f"(ratio {ratio:.2f}; 'near' = 0.5..2); start of RL {f3(e0)}")
+    if c.sft is not None:
+        es = window_mean(c.sft, "train/entropy", 0.8, 1.0)
+        checks.append(es is not None and er is not None and es < 0.25 * er)
+        txt += f"; SFT+RL {f3(es)} ('collapse' = below 25% of {c.rl8.label}'s)"
+    return claim, status_of(checks, [] if c.sft else ["SFT+RL"]), txt
 
-    # Fig. 12: gradient norm and std
-    claim = "Fig. 12: gradient norm: PrefixRL higher and steady, standard RL vanishing, off-policy RL spiky; gradient std: PrefixRL below off-policy RL"
-    if pre is None or rl8 is None:
-        out.append((claim, "not tested", "needs PrefixRL and standard RL runs"))
-    else:
-        gp, gr = window_mean(pre, "train/grad_norm", 0, 1), window_mean(rl8, "train/grad_norm", 0, 1)
-        zero = [np.mean([v <= 1e-12 for v in train_window(r, "train/grad_norm", 0, 1)]) for r in rl8.runs if train_window(r, "train/grad_norm", 0, 1)]
-        def spike(m):  # max / median of the gradient norm, mean over seeds
-            ratios = [max(v) / max(float(np.median(v)), 1e-12) for v in (train_window(r, "train/grad_norm", 0, 1) for r in m.runs) if v]
-            return float(np.mean(ratios)) if ratios else float("nan")
 
-        zero = float(np.mean(zero)) if zero else float("nan")
-        checks = [gp is not None and gr is not None and gp > gr, zero >= 0.25]
-        txt = (f"mean grad norm PrefixRL {f3(gp)}, {rl8.label} {f3(gr)}; {rl8.label} has a zero gradient on "
-               f"{zero:.0%} of steps ('vanishing' = at least 25%); max/median grad norm PrefixRL {spike(pre):.1f}")
-        if off is not None:
-            checks.append(spike(off) > spike(pre))
-            txt += f", {off.label} {spike(off):.1f}"
-            sp, so = window_mean(pre, "train/grad_std", 0, 1), window_mean(off, "train/grad_std", 0, 1)
-            if sp is not None and so is not None:
-                checks.append(sp < so)
-                txt += f"; mean grad std PrefixRL {sp:.3g}, {off.label} {so:.3g}"
-            else:
-                txt += "; grad std not logged by " + " and ".join(m.label for m, s in ((pre, sp), (off, so)) if s is None)
-        out.append((claim, status_of(checks, [] if off else ["Off-policy RL"]), txt))
+def grad_norm_spread(m):
+    """(max, median, max / median) of a run's gradient norm, each a mean over seeds; None if not logged."""
+    per_run = [v for v in (train_window(r, "train/grad_norm", 0, 1) for r in m.runs) if v]
+    stats = [(max(v), float(np.median(v)), max(v) / max(float(np.median(v)), 1e-12)) for v in per_run]
+    return tuple(float(np.mean(s)) for s in zip(*stats)) if stats else None
 
+
+def claim_grad_norm_and_std(c):
+    claim = ("Fig. 12: gradient norm: PrefixRL higher and steady, standard RL vanishing, off-policy RL spiky; "
+             "gradient std: PrefixRL below off-policy RL")
+    if c.pre is None or c.rl8 is None:
+        return claim, "not tested", "needs PrefixRL and standard RL runs"
+    gp, gr = window_mean(c.pre, "train/grad_norm", 0, 1), window_mean(c.rl8, "train/grad_norm", 0, 1)
+    zero = [np.mean([v <= 1e-12 for v in w]) for w in (train_window(r, "train/grad_norm", 0, 1) for r in c.rl8.runs) if w]
+    zero = float(np.mean(zero)) if zero else float("nan")
+    checks = [gp is not None and gr is not None and gp > gr, zero >= 0.25]
+    txt = (f"mean grad norm PrefixRL {f3(gp)}, {c.rl8.label} {f3(gr)}; {c.rl8.label} has a zero gradient on "
+           f"{zero:.0%} of steps ('vanishing' = at least 25%)")
+    shown = [m for m in (c.pre, c.off) if m is not None]
+    spread = [grad_norm_spread(m) for m in shown]
+    std = [window_mean(m, "train/grad_std", 0, 1) for m in shown]
+    txt += "; grad norm " + ", ".join(f"{m.label} max {s[0]:.3g}, median {s[1]:.3g} (max/median {s[2]:.1f})" if s else f"{m.label} not logged"
+                                      for m, s in zip(shown, spread))
+    txt += "; mean grad std " + ", ".join(f"{m.label} {'not logged' if s is None else f'{s:.3g}'}" for m, s in zip(shown, std))
+    if c.off is not None:
+        (sp, so), (dp, do) = spread, std
+        checks.append(sp is not None and so is not None and so[2] > sp[2])  # spiky: off-policy's max/median above PrefixRL's
+        if dp is not None and do is not None:
+            checks.append(dp < do)
+    return claim, status_of(checks, [] if c.off else ["Off-policy RL"]), txt
+
+
+def claim_fewer_all_negative(c):
     claim = "(logged, not in the paper's plots) PrefixRL has fewer all-negative groups than standard RL early on"
-    if pre is None or rl8 is None:
-        out.append((claim, "not tested", "needs PrefixRL and standard RL runs"))
-    else:
-        a, b = window_mean(pre, "train/all_negative_frac", 0, 0.2), window_mean(rl8, "train/all_negative_frac", 0, 0.2)
-        out.append((claim, "supported" if a is not None and b is not None and a < b else "not supported",
-                    f"all-negative group fraction over the first 20% of steps: PrefixRL {f3(a)}, {rl8.label} {f3(b)}"))
-    return out
+    if c.pre is None or c.rl8 is None:
+        return claim, "not tested", "needs PrefixRL and standard RL runs"
+    a, where = no_prefix_window_mean(c.pre, "train/all_negative_frac", 0, 0.2)
+    b = window_mean(c.rl8, "train/all_negative_frac", 0, 0.2)
+    return claim, "supported" if a is not None and b is not None and a < b else "not supported", (
+        f"all-negative group fraction over the first 20% of steps: PrefixRL ({where}) {f3(a)}, {c.rl8.label} {f3(b)}")
+
+
+CLAIMS = [claim_rl8_stays_low, claim_rl64_between, claim_prefixrl_solves_most, claim_heldout_above_rl, claim_ahead_on_flops,
+          claim_final_order, claim_reaches_sft_faster, claim_success_rises_with_prefix, claim_back_generalization,
+          claim_long_prefixes_first, claim_drops_prefix_strategy, claim_lead_grows_with_k, claim_other_family, claim_entropy,
+          claim_grad_norm_and_std, claim_fewer_all_negative]
+
+
+def claims(methods):
+    """[(claim, status, measured)] computed from the runs; status: supported / partly / not supported / not tested."""
+    cast = Cast.of(methods)
+    return [claim(cast) for claim in CLAIMS]
 
 
 def results_section(slabel, methods):
@@ -798,7 +959,7 @@ def main(args: Args):
         fig_reward_vs_flops(plt, methods, out, args)
         fig_passk(plt, methods, out, args)
         fig_over_steps(plt, methods, out, args, [("train/entropy", "token entropy of sampled tokens", "entropy (nats)")],
-                       "Token entropy over training (paper Fig. 11)", "fig3_entropy.png", ylim=(0, None),
+                       "Token entropy over training (paper Fig. 11)", "fig3_entropy.png", ylim=(0, None), no_prefix_too=True,
                        note=f"rolling mean of {args.smooth} steps; SFT+RL's SFT phase is drawn at negative steps")
         fig_over_steps(plt, methods, out, args, [("train/grad_norm", "(a) gradient norm before clipping", "global grad norm (log)"),
                                                  ("train/grad_std", "(b) gradient standard deviation", "train/grad_std (log)")],
@@ -806,7 +967,8 @@ def main(args: Args):
                        note=f"rolling mean of {args.smooth} steps; a zero gradient (every group with equal rewards) is drawn at the dashed floor")
         fig_prefix_length(plt, methods, out, args)
         fig_over_steps(plt, methods, out, args, [("train/all_negative_frac", "groups whose rollouts all failed (no gradient signal)", "fraction of groups")],
-                       "All-negative groups over training", "fig6_all_negative.png", ylim=(-0.02, 1.02), note=f"rolling mean of {args.smooth} steps")
+                       "All-negative groups over training", "fig6_all_negative.png", ylim=(-0.02, 1.02), no_prefix_too=True,
+                       note=f"rolling mean of {args.smooth} steps")
         lines, data = results_section(slabel, methods)
         md += lines
         js.append(data)

@@ -49,13 +49,13 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = 700
+    toy_pretrain_steps: int = 1500
     """pretraining steps of the toy base model (part of its cache key)"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
-    hard_min: int = 7
+    hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 8
+    hard_max: int = 12
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -72,9 +72,9 @@ class Args:
     cuts_per_trace: int = 3
     """prefixes per trace, cut once and kept fixed"""
     cut_min: float = 0.4
-    """shortest prefix, as a fraction of the trace's tokens"""
+    """shortest prefix, as a fraction of the trace's reasoning (its tokens before the final answer)"""
     cut_max: float = 0.8
-    """longest prefix, as a fraction of the trace's tokens"""
+    """longest prefix, as a fraction of the trace's reasoning"""
     prefixed_fraction: float = 0.75
     """share of prefixed prompts in each step (0.75 = the paper's 3:1 mix)"""
     prefixed_only: bool = False
@@ -110,7 +110,7 @@ class Args:
 def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
+    Returns (policy entropy summed over each rollout's sampled tokens, train/grad_std): with K > 1 micro-batches, K times
     micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
     grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
     if loss_agg == "token":
@@ -118,16 +118,16 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
-        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+        entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
             flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
             sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
     grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
-    return entropy / loss_mask.sum().item(), grad_std
+    return entropy, grad_std
 
 
 def main(args: Args):
@@ -158,7 +158,7 @@ def main(args: Args):
 
     # PREFIXED PROBLEMS: fixed token-level cuts of each trace, continued in the assistant turn
     by_id = {p.id: p for p in originals}
-    prefixed = [(by_id[pid], prefix) for pid, prefix in utils.cut_prefixes(traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)]
+    prefixed = [(by_id[pid], prefix) for pid, prefix in utils.cut_prefixes(task, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)]
     n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
 
     # TRAINING
@@ -174,8 +174,8 @@ def main(args: Args):
             heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
             row = {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
                    "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
-            for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the trace
-                contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * len(traces[p.id].token_ids))] for p in originals]
+            for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the reasoning
+                contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * task.reasoning_end(p, traces[p.id].token_ids))] for p in originals]
                 row[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts)[0][1]
             utils.log_metrics(run_dir, row)
         if step == args.steps:
@@ -190,8 +190,8 @@ def main(args: Args):
         batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
         contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
-        # the verifier reads the whole assistant turn: prefix + response
-        rewards = [task.reward(p, prefix + r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
+        # the verifier sees the prefix, but only the policy's own tokens may supply the answer
+        rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
 
         # REINFORCE: advantage = reward - group mean; the prefix is context, so the loss mask starts
         # right after it: no gradient flows through tokens the policy did not sample
@@ -207,13 +207,19 @@ def main(args: Args):
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
-        groups = np.array(rewards).reshape(-1, args.rollouts)
-        has_prefix = np.repeat([len(prefix) > 0 for _, prefix in batch], args.rollouts)
+        all_negative = np.array(rewards).reshape(-1, args.rollouts).max(1) == 0
+        group_prefixed = np.array([len(prefix) > 0 for _, prefix in batch])
+        has_prefix, tokens_per_row = np.repeat(group_prefixed, args.rollouts), loss_mask.sum(1).cpu()
+        original_rows = torch.from_numpy(~has_prefix)  # the no-prefix metrics compare like with like with standard RL's
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
             "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])),
-            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
-            "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
+            "train/all_negative_frac": float(all_negative.mean()),
+            "train/all_negative_frac_no_prefix": float(all_negative[~group_prefixed].mean()) if n_original else None,
+            "train/grad_norm": grad_norm, "train/grad_std": grad_std,
+            "train/entropy": float(entropy.sum() / tokens_per_row.sum()),
+            "train/entropy_no_prefix": float(entropy[original_rows].sum() / tokens_per_row[original_rows].sum()) if n_original else None,
+            "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM

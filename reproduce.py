@@ -2,12 +2,14 @@
 
     python reproduce.py --dry-run          # print the commands
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
-    python reproduce.py --seeds 1 --methods prefixrl rl_n8 \
-        --extra="--toy-length 15 --hard-min 11 --hard-max 11 --n-train 8 --trace-budget 131072"   # the stall
+    python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
 
 One run goes first, alone, with --jobs torch threads: it pretrains the toy base model and collects the
 traces, both cached in cache/ and reused by every other run (same model, problems, budget and trace
-seed). The others then run --jobs at a time with one torch thread each. Run dirs go to
+seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
+among the methods, the first of them is the second base model, of another family (models.py:
+"toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
+wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
@@ -33,9 +35,11 @@ METHODS = {
     "sft_rl": ["sft_rl.py"],
     "offpolicy_rl": ["offpolicy_rl.py"],
     "prefixrl_prefixed_only": ["prefixrl.py", "--prefixed-only"],
+    "prefixrl_other_family": ["prefixrl.py", "--traces", "{other_traces}"],
 }
+OTHER_FAMILY = "toy-gpt2"  # the base model whose traces prefixrl_other_family uses
 POLL_S = 1.0  # how often running jobs are checked
-MethodName = Literal["prefixrl", "rl_n8", "rl_n64", "sft_rl", "offpolicy_rl", "prefixrl_prefixed_only"]
+MethodName = Literal["prefixrl", "rl_n8", "rl_n64", "sft_rl", "offpolicy_rl", "prefixrl_prefixed_only", "prefixrl_other_family"]
 
 
 @dataclass
@@ -56,20 +60,58 @@ class Args:
     """print the commands and exit"""
     python: str = sys.executable
     """python interpreter for the runs"""
+    collect_traces_to: Optional[str] = None
+    """(the prefixrl_other_family job) collect traces with the other family's base model, for the
+    problems that --extra gives, into this file, and exit"""
 
 
 @dataclass
 class Job:
     name: str
     cmd: list
-    run_dir: str
+    run_dir: Optional[str]
     log: str
+    threads: int = 1
+    needs: Optional[str] = None
+    """the name of a job that must finish first (the other family's traces)"""
+
+    def set_threads(self, n):
+        self.threads = n
+        if "--threads" in self.cmd:
+            self.cmd[self.cmd.index("--threads") + 1] = str(n)
 
 
 def out_path(out):
     """OUT relative to the repo root (where the runs start) when it is inside it, else absolute."""
     rel = os.path.relpath(os.path.abspath(out), ROOT)
     return os.path.abspath(out) if rel.startswith("..") else rel
+
+
+def other_traces_path(out):
+    return os.path.join(out, "traces", f"{OTHER_FAMILY}.json")
+
+
+def other_traces_job(args):
+    """Traces from the other family's base model, collected once for every prefixrl_other_family run."""
+    out = out_path(args.out)
+    cmd = ["python", "reproduce.py", "--collect-traces-to", other_traces_path(out), f"--extra={args.extra}"]
+    return Job("traces_" + OTHER_FAMILY, cmd, None, os.path.join(out, "logs", f"traces_{OTHER_FAMILY}.log"))
+
+
+def collect_other_traces(path, extra):
+    """The task, budget and trace seed are those every run gets from --extra; the model is OTHER_FAMILY.
+    utils.collect_traces caches them in `path` (keyed by model, problems, budget, seed)."""
+    import models
+    import prefixrl
+    import tasks
+    import utils
+
+    run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
+    utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
+    task = tasks.load_task(run, tokenizer)
+    traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
+    print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
 
 
 def make_jobs(args):
@@ -79,7 +121,7 @@ def make_jobs(args):
         for method in args.methods:
             name = f"{method}_s{seed}"
             run_dir = os.path.join(out, "runs", name)
-            script, *flags = METHODS[method]
+            script, *flags = [f.format(other_traces=other_traces_path(out)) for f in METHODS[method]]
             cmd = ["python", script, "--seed", str(seed), "--threads", "1", "--run-dir", run_dir, *flags]
             if args.steps is not None:
                 cmd += ["--steps", str(args.steps)]
@@ -118,8 +160,7 @@ def summary(run_dir):
 def start(job, python):
     os.makedirs(os.path.dirname(os.path.join(ROOT, job.log)), exist_ok=True)
     log = open(os.path.join(ROOT, job.log), "w")
-    threads = job.cmd[job.cmd.index("--threads") + 1]
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
     proc = subprocess.Popen([python, *job.cmd[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     return proc
@@ -127,11 +168,16 @@ def start(job, python):
 
 def run_pool(jobs, width, python, counter):
     """Run `jobs`, `width` at a time; print each as it ends. Returns the names of the failed ones."""
-    pending, running, failed = list(jobs), [], []
+    pending, running, failed, done = list(jobs), [], [], set()
     try:
         while pending or running:
-            while pending and len(running) < width:
-                job = pending.pop(0)
+            for job in [j for j in pending if j.needs in failed]:
+                pending.remove(job)
+                failed.append(job.name)
+                print(f"{job.name} not run: {job.needs} failed", flush=True)
+            while len(running) < width and (ready := [j for j in pending if j.needs is None or j.needs in done]):
+                job = ready[0]
+                pending.remove(job)
                 running.append((job, start(job, python), time.time()))
                 print(f"started {job.name}", flush=True)
             time.sleep(POLL_S)
@@ -143,7 +189,8 @@ def run_pool(jobs, width, python, counter):
                 counter[0] += 1
                 head, mins = f"[{counter[0]}/{counter[1]}] {job.name}", (time.time() - t0) / 60
                 if proc.returncode == 0:
-                    print(f"{head} done in {mins:.1f} min: {summary(job.run_dir)}", flush=True)
+                    done.add(job.name)
+                    print(f"{head} done in {mins:.1f} min: {summary(job.run_dir) if job.run_dir else 'traces collected'}", flush=True)
                 else:
                     failed.append(job.name)
                     print(f"{head} FAILED (exit {proc.returncode}) after {mins:.1f} min; see {job.log}", flush=True)
@@ -170,29 +217,37 @@ def main(args: Args):
             aside.append(j.run_dir)
             print(f"# {j.name}: an unfinished run in {j.run_dir} is moved to {j.run_dir}.partial-<time> and run again")
         todo.append(j)
-    if todo and args.jobs > 1:  # the first run is alone: give it every core
-        todo[0].cmd[todo[0].cmd.index("--threads") + 1] = str(args.jobs)
+    ordered = list(todo)
+    if any(j.name.startswith("prefixrl_other_family") for j in todo) and not os.path.exists(os.path.join(ROOT, other_traces_path(out))):
+        traces = other_traces_job(args)  # the other family's base model and traces: early, its runs last
+        for j in todo:
+            j.needs = traces.name if j.name.startswith("prefixrl_other_family") else None
+        ordered = [j for j in todo if j.needs is None]
+        ordered = ordered[:1] + [traces] + ordered[1:] + [j for j in todo if j.needs]
+    first, rest = ordered[:1], ordered[1:]  # the first builds the base model and the trace cache for all
+    for j in first:
+        j.set_threads(max(1, args.jobs))  # alone: every core
     plot_cmd = f"python plot.py {os.path.join(out, 'runs')} --out {os.path.join(out, 'figures')}"
     if args.dry_run:
-        for i, j in enumerate(todo):
+        for i, j in enumerate(ordered):
             if i == 0:
                 print("# first, alone (builds the base model and the trace cache):")
             if i == 1:
-                print(f"# then, {args.jobs} at a time:")
+                print(f"# then, {args.jobs} at a time (runs that need the other family's traces wait for them):")
             print(shlex.join(j.cmd) + f"  > {j.log}")
         print("# then the figures:")
         print(plot_cmd)
         return 0
     for run_dir in aside:
         os.rename(os.path.join(ROOT, run_dir), os.path.join(ROOT, f"{run_dir}.partial-{int(time.time())}"))
-    counter, failed = [0, len(todo)], []
+    counter, failed = [0, len(ordered)], []
     if todo:
-        print(f"{len(todo)} run(s) to go; {todo[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)
-        failed = run_pool(todo[:1], 1, args.python, counter)
+        print(f"{len(todo)} run(s) to go; {first[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)
+        failed = run_pool(first, 1, args.python, counter)
         if failed:
-            print(f"the first run failed: the others are not started (see {todo[0].log})")
+            print(f"the first run failed: the others are not started (see {first[0].log})")
             return 1
-        failed = run_pool(todo[1:], max(1, args.jobs), args.python, counter)
+        failed = run_pool(rest, max(1, args.jobs), args.python, counter)
 
     import plot  # matplotlib only now
 
@@ -205,4 +260,11 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(tyro.cli(Args)))
+    cli = tyro.cli(Args)
+    if cli.collect_traces_to:
+        from utils import clean_errors
+
+        with clean_errors():
+            collect_other_traces(cli.collect_traces_to, cli.extra)
+        raise SystemExit(0)
+    raise SystemExit(main(cli))

@@ -1,7 +1,9 @@
 """SFT+RL: supervised fine-tuning on the full correct off-policy traces, then standard on-policy RL.
 
 Phase 1 (SFT): next-token cross-entropy on the trace tokens only (prompt and padding are masked), a
-token mean over the batch, own optimizer and flags (--sft-steps, --sft-lr, --sft-batch). Phase 2 (RL):
+token mean over the batch, own optimizer and flags (--sft-steps, --sft-lr, --sft-batch). Early stopping,
+as a practitioner would: --sft-val-fraction of the traces are held out of SFT, and SFT stops at the first
+evaluation whose validation NLL (`sft/val_nll`) is not below the best before it. Phase 2 (RL):
 the loop of standard_rl.py unchanged, with a fresh optimizer, on the same pool of problems.
 
 Metrics rows. SFT rows carry `sft_step` (0..sft_steps) and no `step`: `sft/loss` and `sft/trace_entropy`
@@ -57,13 +59,13 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = 700
+    toy_pretrain_steps: int = 1500
     """pretraining steps of the toy base model (part of its cache key)"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
-    hard_min: int = 7
+    hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 8
+    hard_max: int = 12
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -77,8 +79,11 @@ class Args:
     """seed of trace collection (one trace cache serves every run)"""
     traces: Optional[str] = None
     """use this traces file instead of collecting (e.g. traces from another model)"""
-    sft_steps: int = 100
-    """SFT gradient steps on the full traces before RL (0 = plain standard RL, traces still charged)"""
+    sft_steps: int = 200
+    """most SFT gradient steps on the full traces before RL (0 = plain standard RL, traces still charged)"""
+    sft_val_fraction: float = 0.1
+    """share of the traces held out of SFT to stop it early: SFT ends at the first evaluation (every
+    --eval-every SFT steps) whose validation NLL is not below the best before it (0 = all --sft-steps)"""
     sft_lr: float = 3e-4
     """AdamW learning rate of SFT"""
     sft_batch: int = 32
@@ -127,13 +132,22 @@ def sft_backward(model, ids, attn, loss_mask, micro_batch):
 
 
 @torch.no_grad()
+def validation_nll(model, task, problems, traces, args):
+    """Mean NLL per token of these problems' traces (teacher-forced), the early-stopping signal of SFT."""
+    ids, attn, loss_mask = utils.make_batch([p.prompt_ids for p in problems], [traces[p.id].token_ids for p in problems], task.pad_id, args.device)
+    nll = sum(-(utils.token_logprobs(model, ids[s : s + args.micro_batch], attn[s : s + args.micro_batch])[0]
+                * loss_mask[s : s + args.micro_batch]).sum().item() for s in range(0, len(ids), args.micro_batch))
+    return nll / loss_mask.sum().item()
+
+
+@torch.no_grad()
 def rollout_entropy(model, task, problems, args, rng, generator):
     """train/entropy as the RL loop measures it, without a gradient step: the mean policy entropy over
     the sampled tokens of prompts_per_step x rollouts fresh rollouts. Returns (entropy, mean reward)."""
     batch = [problems[i] for i in rng.choice(len(problems), args.prompts_per_step, replace=len(problems) < args.prompts_per_step)]
     contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
     responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
-    rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+    rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
     ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
     entropy = 0.0
     for s in range(0, len(ids), args.micro_batch):
@@ -169,6 +183,7 @@ def main(args: Args):
     args = utils.resume_args(args, "sft_rl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
     for ok, msg in [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
+                    (0 <= args.sft_val_fraction < 1, f"--sft-val-fraction must be in [0, 1), got {args.sft_val_fraction}"),
                     (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
                     (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]:
         if not ok:
@@ -196,20 +211,30 @@ def main(args: Args):
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
     run_dir = utils.start_run(args, "sft_rl")
 
-    # SFT: next-token loss on the full correct traces (loss on trace tokens only); rows carry sft_step
+    # SFT: next-token loss on the full correct traces (loss on trace tokens only); rows carry sft_step.
+    # As a practitioner would, a share of the traces is held out and SFT stops when their NLL stops falling
+    order = np.random.default_rng(args.seed).permutation(len(originals))
+    n_val = min(round(args.sft_val_fraction * len(originals)), len(originals) - 1)
+    val, sft_pool = [originals[i] for i in order[:n_val]], [originals[i] for i in order[n_val:]]
     sft_optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)  # RL's; AdamW makes its state at the first step
     state = dict(model=model, sft_optimizer=sft_optimizer, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
-    first, phase, flops = ckpt.begin(state, phase="sft", flops=flops)  # --resume: the last checkpoint's phase
+    first, phase, flops, best_nll = ckpt.begin(state, phase="sft", flops=flops, best_nll=math.inf)  # --resume: the last checkpoint's
     for sft_step in tqdm(range(first if phase == "sft" else args.sft_steps + 1, args.sft_steps + 1), desc="SFT", mininterval=2):
         if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:
             model.eval()
             entropy, reward = rollout_entropy(model, task, originals, args, rng, generator)
-            utils.log_metrics(run_dir, {"sft_step": sft_step, "flops": flops, "train/entropy": entropy, "sft/reward_no_prefix": reward})
+            val_nll = validation_nll(model, task, val, traces, args) if val else None
+            utils.log_metrics(run_dir, {"sft_step": sft_step, "flops": flops, "train/entropy": entropy, "sft/reward_no_prefix": reward,
+                                        "sft/val_nll": val_nll})
+            if val_nll is not None and val_nll >= best_nll:
+                print(f"SFT stopped at step {sft_step}: validation NLL {val_nll:.4f} >= its best {best_nll:.4f}")
+                break
+            best_nll = min(best_nll, val_nll if val_nll is not None else math.inf)
         if sft_step == args.sft_steps:
             break
-        batch = [originals[i] for i in rng.choice(len(originals), args.sft_batch, replace=len(originals) < args.sft_batch)]
+        batch = [sft_pool[i] for i in rng.choice(len(sft_pool), args.sft_batch, replace=len(sft_pool) < args.sft_batch)]
         contexts, targets = [p.prompt_ids for p in batch], [traces[p.id].token_ids for p in batch]
         ids, attn, loss_mask = utils.make_batch(contexts, targets, task.pad_id, args.device)
         model.train()
@@ -221,7 +246,7 @@ def main(args: Args):
         flops += 6 * n_params * sum(len(c) + len(t) for c, t in zip(contexts, targets))  # training only: 6·N·D
         utils.log_metrics(run_dir, {"sft_step": sft_step + 1, "flops": flops, "sft/loss": loss,
                                     "sft/trace_entropy": trace_entropy, "sft/grad_norm": grad_norm})
-        ckpt.save(state, sft_step + 1, phase="sft", flops=flops)
+        ckpt.save(state, sft_step + 1, phase="sft", flops=flops, best_nll=best_nll)
 
     # TRAINING
     start = time.time()
@@ -240,7 +265,7 @@ def main(args: Args):
         batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
         contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
-        rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+        rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
@@ -262,7 +287,7 @@ def main(args: Args):
             "train/grad_std": grad_std, "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
-        ckpt.save(state, step + 1, phase="rl", flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
+        ckpt.save(state, step + 1, phase="rl", flops=flops, best_nll=best_nll)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 

@@ -47,13 +47,13 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = 700
+    toy_pretrain_steps: int = 1500
     """pretraining steps of the toy base model (part of its cache key)"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
-    hard_min: int = 7
+    hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 8
+    hard_max: int = 12
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -166,7 +166,7 @@ def main(args: Args):
         batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
         contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
-        rewards = [task.reward(p, r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+        rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)

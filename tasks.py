@@ -24,8 +24,9 @@ from utils import InputError
 
 MOD = 11  # values live in Z_11
 CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints: 11^3 = 1331 possible answers
-TEACHER_P_CORRECT = 0.35  # on a hard step the noisy teacher writes the right value with this prob.
+TEACHER_P_CORRECT = 0.5  # on a hard step the noisy teacher uses its family's rule or its decoy, equally often
 TOY_LENGTH = 12  # numbers to add per problem: short sequences keep sampling fast on a CPU
+FAMILIES = 22  # problem families, each with its own rule: a success on one teaches little about another
 
 
 @dataclass
@@ -47,7 +48,12 @@ class Task:
     heldout: list[Problem]
     """never trained on, always evaluated without prefix"""
     reward: object
-    """reward(problem, response_ids) -> 0.0 or 1.0 (outcome only)"""
+    """reward(problem, prefix_ids, response_ids) -> 0.0 or 1.0 (outcome only); prefix_ids are the
+    assistant-turn tokens the policy did not write (empty without a prefix): only the response may
+    supply the answer"""
+    reasoning_end: object
+    """reasoning_end(problem, trace_ids) -> int: how many leading trace tokens are reasoning, before
+    the final answer; prefixes are cut inside them, so no prefix holds the answer"""
     decode: object
     """decode(ids) -> str, for logs and traces"""
     eos_id: int
@@ -57,16 +63,30 @@ class Task:
     """hash of everything that defines the problems: caches are keyed by it"""
 
 
-# TOY TASK: a running sum mod 11. The prompt gives a start x0 and L numbers b_1..b_L; the solution
-# writes x_i = (x_{i-1} + b_i) mod 11 for every i (a step is hard when it wraps around: a carry), then
-# '=' and the subtotals after each third of the steps
+# TOY TASK: running sums mod 11 in FAMILIES families. The prompt gives the family f, a start x0 and L
+# numbers b_1..b_L; the solution writes x_i = (x_{i-1} + b_i) mod 11 for every i, except that adding a
+# big number (b >= BIG, a "hard" step) follows the family's own rule and adds FAMILY_RULE[f] more; then
+# '=' and the subtotals after each third of the steps. The base model learned from a teacher that
+# uses the rule or a decoy rule equally often, so only a verified success tells which one is right
 def toy_vocab() -> list[str]:
-    return ["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
+    return (["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
+            + [f"F{f}" for f in range(FAMILIES)])
 
 
 VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
+BIG = 6  # adding b >= BIG is a hard step: 5 of the 11 numbers
+TEACHERS = ("base", "other")
+"""the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
+traces stand for another model family's (paper Fig. 10)"""
+_offsets = np.random.default_rng(2601).permuted(np.tile(np.arange(MOD), (FAMILIES, 1)), axis=1)[:, :3]
+FAMILY_RULE, FAMILY_DECOY = _offsets[:, 0].tolist(), {"base": _offsets[:, 1].tolist(), "other": _offsets[:, 2].tolist()}
+"""family f's hard steps add FAMILY_RULE[f] more; its decoy, a plausible wrong rule, adds
+FAMILY_DECOY[teacher][f]. Three distinct offsets drawn at random per family, so nothing but the
+verifier tells which of the pair is right, and the rule of one family says nothing about another's"""
+RULES = f"families{FAMILIES}-rule-or-decoy-big{BIG}-p{TEACHER_P_CORRECT}-last-hard"
+"""names the toy's rules: part of the cache keys of the problems' traces and of the toy base models"""
 
 
 def toy_tokenizer():
@@ -81,27 +101,26 @@ def toy_tokenizer():
     )
 
 
-def toy_solve(params, rng=None, p_correct: float = 1.0):
-    """Run the sum. With rng and p_correct < 1 this is the noisy teacher: on a hard step (a carry) it
-    writes the right value with prob. p_correct, else forgets the carry and writes one more, and goes
-    on from what it wrote. A slip is never undone inside a third (fewer than 11 carries fit there), so
-    a wrong path gives a wrong answer. Returns (written values, number of hard steps met)."""
-    x, adds = params
-    values, hard = [], 0
+def toy_solve(params, rng=None, p_correct: float = 1.0, teacher: str = "base"):
+    """Run the sum. With rng and p_correct < 1 this is a noisy teacher: on a hard step it follows its
+    family's rule with prob. p_correct, else the teacher's decoy rule, and goes on from what it wrote.
+    Every step shifts x by a constant, so a wrong value stays wrong: in a third of the steps (at most 4
+    hard steps) decoy errors add up to k * (decoy - rule), k <= 4, never 0 mod 11, so a wrong path never
+    reaches a right subtotal. Returns (written values, number of hard steps)."""
+    family, x, adds = params
+    values = []
     for b in adds:
-        y = (x + b) % MOD
-        if x + b >= MOD:
-            hard += 1
-            if rng is not None and rng.random() >= p_correct:
-                y = (y + 1) % MOD
-        values.append(x := y)
-    return values, hard
+        if b >= BIG:
+            decoy = rng is not None and rng.random() >= p_correct
+            b += FAMILY_DECOY[teacher][family] if decoy else FAMILY_RULE[family]
+        values.append(x := (x + b) % MOD)
+    return values, sum(b >= BIG for b in adds)
 
 
 def toy_prompt_ids(params) -> list[int]:
-    """<bos> x0 +b_1 ... +b_L: the solution continues right after."""
-    x0, adds = params
-    return [BOS, WORD_ID[str(x0)]] + [WORD_ID[f"+{b}"] for b in adds]
+    """<bos> F_f x0 +b_1 ... +b_L: the solution continues right after."""
+    family, x0, adds = params
+    return [BOS, WORD_ID[f"F{family}"], WORD_ID[str(x0)]] + [WORD_ID[f"+{b}"] for b in adds]
 
 
 def toy_solution_ids(values: list[int]) -> list[int]:
@@ -111,42 +130,41 @@ def toy_solution_ids(values: list[int]) -> list[int]:
     return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in answer] + [EOS]
 
 
-def random_params(rng, steps: int, max_add: int = MOD - 1):
-    """Pretraining data: x0 and b_1..b_L uniform (about one step in three is hard)."""
-    return int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, max_add + 1, steps)]
+def random_params(rng, steps: int):
+    """Pretraining data: a family, x0 and b_1..b_L uniform (5 steps in 11 are hard)."""
+    return int(rng.integers(0, FAMILIES)), int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, MOD, steps)]
 
 
 def params_with_hard_steps(rng, steps: int, hard: int):
-    """A problem with exactly `hard` hard steps, at positions drawn uniformly: each b is uniform among
-    the values that make its step hard (x + b >= 11) or easy (x + b <= 10). A carry lowers x, and none
-    is possible from x = 0, so a draw that gets there is drawn again."""
-    for _ in range(100_000):
-        x0 = x = int(rng.integers(0, MOD))
-        is_hard = np.zeros(steps, dtype=bool)
-        is_hard[rng.choice(steps, hard, replace=False)] = True
-        adds = []
-        for h in is_hard:
-            if h and x == 0:
-                break
-            adds.append(int(rng.integers(MOD - x, MOD)) if h else int(rng.integers(0, MOD - x)))
-            x = (x + adds[-1]) % MOD
-        else:
-            return x0, adds
-    raise InputError(f"could not draw a toy problem with {hard} hard steps out of {steps}: lower --hard-max")
+    """A problem of a uniform family with exactly `hard` hard steps: the last step, so that every
+    prefix of the reasoning leaves one to do, and hard - 1 at positions drawn uniformly among the
+    others; b uniform among the big numbers there and the small ones elsewhere."""
+    is_hard = np.zeros(steps, dtype=bool)
+    if hard:
+        is_hard[rng.choice(steps - 1, hard - 1, replace=False)] = is_hard[-1] = True
+    adds = [int(rng.integers(BIG, MOD)) if h else int(rng.integers(0, BIG)) for h in is_hard]
+    return int(rng.integers(0, FAMILIES)), int(rng.integers(0, MOD)), adds
 
 
-def toy_reward(problem: Problem, response_ids: list[int]) -> float:
-    """Outcome reward: read the three tokens after the first '=' and nothing else (1331 answers)."""
-    try:
-        i = list(response_ids).index(EQUALS)
-    except ValueError:
+def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
+    """Outcome reward, 1 only for a whole solution in the expected form: L values, '=', the three
+    right subtotals, <eos>. The values themselves are not checked (outcome only), but an answer
+    without them, or one in the prefix, earns 0."""
+    ids, steps = list(prefix_ids) + list(response_ids), len(problem.meta["params"][2])
+    if len(prefix_ids) >= steps or len(ids) != steps + CHECKPOINTS + 2:
         return 0.0
-    return float(list(response_ids[i + 1 : i + 4]) == problem.answer)
+    values_ok = all(WORD_ID["0"] <= i <= WORD_ID[str(MOD - 1)] for i in ids[:steps])
+    return float(values_ok and ids[steps] == EQUALS and ids[steps + 1 : -1] == problem.answer and ids[-1] == EOS)
+
+
+def toy_reasoning_end(problem: Problem, trace_ids) -> int:
+    """The toy's reasoning is the L values before '='."""
+    return list(trace_ids).index(EQUALS)
 
 
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
-    """Problems with H hard steps, H uniform in [hard_min, hard_max], drawn deterministically from
-    `seed`; train and held-out are disjoint."""
+    """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
+    deterministically from `seed`; train and held-out are disjoint."""
     if not 0 <= hard_min <= hard_max <= steps:
         raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps}, got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)
@@ -161,16 +179,17 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
             continue
         seen.add(key)
         answer = toy_solution_ids(values)[-1 - CHECKPOINTS : -1]
-        pid = f"toy:{params[0]}:" + "".join("0123456789X"[b] for b in params[1])
-        problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "params": params}))
+        pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789X"[b] for b in params[2])
+        problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "family": params[0], "params": params}))
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
-    spec = dict(task="toy", draw="hard-positions", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+    spec = dict(task="toy", rules=RULES, steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],
         heldout=problems[n_train:],
         reward=toy_reward,
+        reasoning_end=toy_reasoning_end,
         decode=lambda ids: " ".join(VOCAB[i] for i in ids),
         eos_id=EOS,
         pad_id=PAD,
@@ -179,12 +198,12 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
     )
 
 
-def toy_teacher_batch(rng, batch: int, steps: int):
+def toy_teacher_batch(rng, batch: int, steps: int, teacher: str = "base"):
     """Pretraining data: (prompt + noisy-teacher solution) sequences; all have the same length."""
     seqs = []
     for _ in range(batch):
-        params = random_params(rng, steps, max_add=int(rng.integers(1, MOD)))
-        values, _ = toy_solve(params, rng, TEACHER_P_CORRECT)
+        params = random_params(rng, steps)
+        values, _ = toy_solve(params, rng, TEACHER_P_CORRECT, teacher)
         seqs.append(toy_prompt_ids(params) + toy_solution_ids(values))
     return seqs
 
@@ -267,13 +286,16 @@ def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], ma
     def decode(ids):
         return tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def reward(p: Problem, response_ids) -> float:
+    def reward(p: Problem, prefix_ids, response_ids) -> float:  # the answer must come from the response
         return float(math_verify_correct(p.answer, decode(response_ids)))
+
+    def reasoning_end(p: Problem, trace_ids) -> int:
+        return len(trace_ids)
 
     eos = end_of_turn_id(tokenizer)
     spec = dict(spec, instruction=INSTRUCTION, max_new_tokens=max_new_tokens)
     return Task(
-        name=name, train=[problem(*x) for x in train], heldout=[problem(*x) for x in heldout], reward=reward,
+        name=name, train=[problem(*x) for x in train], heldout=[problem(*x) for x in heldout], reward=reward, reasoning_end=reasoning_end,
         decode=decode, eos_id=eos, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         max_new_tokens=max_new_tokens, fingerprint=hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16],
     )

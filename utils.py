@@ -262,7 +262,7 @@ def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contex
     counts = [0] * len(problems)
     for i, (ctx, resp) in enumerate(zip(prompts, responses)):
         p = problems[i // n]
-        counts[i // n] += int(task.reward(p, list(ctx[len(p.prompt_ids):]) + resp) > 0)
+        counts[i // n] += int(task.reward(p, ctx[len(p.prompt_ids):], resp) > 0)
     return {k: float(np.mean([pass_at_k(n, c, k) for c in counts])) for k in ks if k <= n}, counts
 
 
@@ -328,7 +328,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
                 continue
             attempts[p.id] += 1
             flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))
-            if task.reward(p, resp) > 0:
+            if task.reward(p, [], resp) > 0:
                 traces[p.id] = Trace(p.id, resp, task.decode(resp), attempts[p.id], flops[p.id], lp)
         bar.update(len(prompts))
         bar.set_postfix(found=len(traces), active=len(active))
@@ -374,14 +374,16 @@ def load_traces(path, key=None, problems=None):
     return traces, data["total_flops"]
 
 
-def cut_prefixes(traces, n_cuts, cut_min, cut_max, seed):
-    """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its length.
+def cut_prefixes(task, traces, n_cuts, cut_min, cut_max, seed):
+    """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its reasoning
+    (task.reasoning_end: the tokens before the final answer), so no prefix holds the answer.
     Returns [(problem_id, prefix_ids)], drawn once, from their own seed, so every run sees the same."""
-    rng = np.random.default_rng(seed)
+    rng, by_id = np.random.default_rng(seed), {p.id: p for p in task.train}
     out = []
     for pid in sorted(traces):
         ids = traces[pid].token_ids
+        reasoning = task.reasoning_end(by_id[pid], ids)
         for _ in range(n_cuts):
-            cut = int(round(rng.uniform(cut_min, cut_max) * len(ids)))
+            cut = int(round(rng.uniform(cut_min, cut_max) * reasoning))
             out.append((pid, ids[:cut]))
     return out

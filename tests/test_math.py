@@ -159,50 +159,100 @@ def test_pass_at_k_refuses_k_above_n():
         utils.pass_at_k(3, 0, 8)  # undefined: no 8 of 3 samples
 
 
-def test_prefixes_are_fixed_token_cuts_in_range():
-    traces = {f"p{i}": utils.Trace(f"p{i}", list(range(100 + i)), "", 1, 0.0, []) for i in range(20)}
-    cuts = utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
-    assert len(cuts) == 60 and cuts == utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
+def toy_traces(task, problems):
+    """Each problem's exact solution as its trace."""
+    ids = {p.id: tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems}
+    return {pid: utils.Trace(pid, t, task.decode(t), 1, 0.0, []) for pid, t in ids.items()}
+
+
+def test_prefixes_are_fixed_cuts_of_the_reasoning():
+    task = tasks.make_toy_task(12, 1, 8, 40, 0, 0)
+    traces = toy_traces(task, task.train)
+    cuts = utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0)
+    assert len(cuts) == 120 and cuts == utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0)
     for pid, prefix in cuts:
         full = traces[pid].token_ids
-        assert prefix == full[: len(prefix)]
-        assert 0.4 * len(full) - 0.5 <= len(prefix) <= 0.8 * len(full) + 0.5
-    assert len({len(p) for _, p in cuts}) > 10  # really drawn, not one fixed fraction
+        assert prefix == full[: len(prefix)] and tasks.EQUALS not in prefix  # never into the answer
+        assert round(0.4 * 12) <= len(prefix) <= round(0.8 * 12)  # a fraction of the 12 values, not of all 17 tokens
+    assert len({len(p) for _, p in cuts}) == 6  # really drawn, not one fixed fraction
 
 
-def test_toy_reward_reads_only_the_final_answer():
-    task = tasks.make_toy_task(30, 6, 8, 2, 0, 0)
+def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_copy():
+    """Over every default training candidate (the pool is a subset), with its exact solution as the
+    trace: each of the 3 default cuts leaves at least one hard step to the policy, and the noisy
+    teacher (what the base model imitates) continuing from an 80% prefix succeeds far less than always."""
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 12, 128, 0, 0)  # the scripts' default problems
+    traces, by_id = toy_traces(task, task.train), {p.id: p for p in task.train}
+    for pid, prefix in utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0):
+        family, x0, adds = by_id[pid].meta["params"]
+        x = ([x0] + tasks.toy_solve(by_id[pid].meta["params"])[0])[len(prefix)]
+        assert tasks.toy_solve((family, x, adds[len(prefix):]))[1] >= 1, pid
+    rng, wins = np.random.default_rng(0), []
+    for p in task.train:
+        family, x0, adds = p.meta["params"]
+        prefix = traces[p.id].token_ids[: round(0.8 * task.reasoning_end(p, traces[p.id].token_ids))]
+        x = ([x0] + tasks.toy_solve(p.meta["params"])[0])[len(prefix)]
+        rest = tasks.toy_solve((family, x, adds[len(prefix):]), rng, tasks.TEACHER_P_CORRECT)[0]
+        values = [int(task.decode([i])) for i in prefix] + rest
+        wins.append(task.reward(p, prefix, tasks.toy_solution_ids(values)[len(prefix):]))
+    assert 0 < np.mean(wins) < 0.9
+
+
+def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
+    task = tasks.make_toy_task(12, 6, 8, 2, 0, 0)
     p = task.train[0]
     good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
-    assert task.reward(p, good) == 1.0
+    answer = good[-4:-1]
+    assert task.reward(p, [], good) == 1.0 and task.reward(p, good[:6], good[6:]) == 1.0
     def bump(ids, i):  # value + 1
         ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % 11)]
 
     wrong_step = list(good)
     bump(wrong_step, 3)
-    assert task.reward(p, wrong_step) == 1.0  # outcome reward: steps are not checked
+    assert task.reward(p, [], wrong_step) == 1.0  # outcome reward: the values are not checked
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
-    assert task.reward(p, wrong_answer) == 0.0
-    assert task.reward(p, good[:-5]) == 0.0  # no '=': no answer
+    assert task.reward(p, [], wrong_answer) == 0.0
+    assert task.reward(p, [], good[:-1]) == 0.0  # no <eos>
+    assert task.reward(p, [], [tasks.EQUALS] + answer + [tasks.EOS]) == 0.0  # a guess: '=' first
+    assert task.reward(p, [], good[1:]) == 0.0  # a value missing
+    assert task.reward(p, [], good[:6] + good[5:]) == 0.0  # a value too many
+    assert task.reward(p, [], good[:-1] + [tasks.EQUALS, tasks.EOS]) == 0.0  # trailing junk
+    assert task.reward(p, good[:-1], [tasks.EOS]) == 0.0  # the answer sits in the prefix, not in the response
+    assert task.reward(p, good[:13], good[13:]) == 0.0
     assert len(set(map(str, (q.answer for q in tasks.make_toy_task(12, 0, 8, 400, 0, 1).train)))) > 200  # a wide answer space
 
 
 def test_toy_problems_have_exactly_the_hard_steps_asked_for():
     rng = np.random.default_rng(0)
-    for length, hard in [(12, 0), (12, 7), (12, 10), (15, 11)]:
+    for length, hard in [(12, 0), (12, 1), (12, 7), (12, 12), (15, 11)]:
         for _ in range(20):
             params = tasks.params_with_hard_steps(rng, length, hard)
-            assert len(params[1]) == length and tasks.toy_solve(params)[1] == hard
-    positions = [tuple(x + b >= 11 for x, b in zip([p[0]] + tasks.toy_solve(p)[0], p[1]))
-                 for p in (tasks.params_with_hard_steps(rng, 12, 4) for _ in range(50))]
-    assert len(set(positions)) > 30  # hard steps at drawn positions, not a fixed pattern
-    with pytest.raises(utils.InputError, match="12 hard steps out of 12"):  # a carry lowers x: at most 10 in a row
-        tasks.params_with_hard_steps(rng, 12, 12)
+            assert len(params[2]) == length and tasks.toy_solve(params)[1] == hard
+    def hard_positions(params):
+        return tuple(b >= tasks.BIG for b in params[2])
+
+    positions = [hard_positions(tasks.params_with_hard_steps(rng, 12, 4)) for _ in range(50)]
+    assert all(pos[-1] for pos in positions)  # the last step is always hard
+    assert len(set(positions)) > 30  # the others at drawn positions, not a fixed pattern
+    with pytest.raises(utils.InputError, match="--hard-max <= 12, got 9..13"):
+        tasks.make_toy_task(12, 9, 13, 4, 4, 0)
 
 
-def test_toy_splits_are_deterministic_and_disjoint():
-    a, b = tasks.make_toy_task(30, 6, 8, 32, 32, 3), tasks.make_toy_task(30, 6, 8, 32, 32, 3)
-    assert [p.id for p in a.train + a.heldout] == [p.id for p in b.train + b.heldout]
-    assert not {p.id for p in a.train} & {p.id for p in a.heldout}
-    assert all(6 <= p.meta["hard"] <= 8 for p in a.train + a.heldout)
+def test_toy_families_have_their_own_rules():
+    """The same numbers in two families give different solutions; a decoy slip is never undone within
+    a third, so a path with a decoy step never reaches the right subtotals."""
+    adds = [9, 9, 9, 9, 9, 9]
+    assert len({tuple(tasks.toy_solve((f, 5, adds))[0]) for f in range(tasks.FAMILIES)}) > 8
+    for teacher in tasks.TEACHERS:
+        assert all(r != d for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY[teacher]))
+    assert all(a != b for a, b in zip(*tasks.FAMILY_DECOY.values()))  # the other teacher errs otherwise
+    rng = np.random.default_rng(0)
+    for teacher in tasks.TEACHERS:
+        for _ in range(300):
+            params = tasks.params_with_hard_steps(rng, 12, 12)
+            values = tasks.toy_solve(params, rng, 0.5, teacher)[0]
+            right = tasks.toy_solve(params)[0]
+            assert (values[3::4] == right[3::4]) == (values == right)
+    task = tasks.make_toy_task(12, 11, 12, 128, 64, 0)
+    assert {p.meta["family"] for p in task.heldout} <= {p.meta["family"] for p in task.train}

@@ -4,6 +4,7 @@ reproduce.py --dry-run (the commands it would run)."""
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +63,7 @@ def write_run(root, method, seed):
             "step": step + 1, "flops": flops,
             "train/reward_no_prefix": None if method == "only" else train_acc(method, seed, step + 1),
             **({"train/reward_prefixed": 0.5} if script == "prefixrl" else {}),
+            **({"train/all_negative_frac_no_prefix": 0.6, "train/entropy_no_prefix": 0.25} if method == "pre" else {}),
             "train/all_negative_frac": 1.0 if method == "rl8" and step < 5 else 0.3,
             "train/grad_norm": 0.0 if method == "rl8" and step < 5 else 0.1 + 0.01 * step,
             "train/grad_std": {"off": 0.5, "sft": 0.2}.get(method),
@@ -176,21 +178,110 @@ def test_settings_split_only_on_keys_that_apply_to_the_task():
     assert [len(ms[0].runs) for _, ms in plot.group([toy_a, toy_b, hard])] == [2, 1]
 
 
+# The claims on fabricated runs: eval rows every EVERY steps, each followed by a training row
+def fake_run(script, pass1, flops_per_eval, offset=0.0, heldout=None, train=(), **args):
+    rows = []
+    for i, p in enumerate(pass1):
+        flops = offset + i * flops_per_eval
+        rows += [{"step": i * EVERY, "flops": flops, "eval/train_pass@1": p, "eval/heldout_pass@1": (heldout or pass1)[i]},
+                 {"step": i * EVERY + 1, "flops": flops, **dict(train)}]
+    return plot.Run(f"{script}_{len(args)}", dict(script=script, seed=1, **args), rows, None)
+
+
+# the paper's regime: RL n=8 stuck, RL n=64 a little better, PrefixRL well ahead (on the FLOPs axis too)
+REGIME = {
+    "rl8": dict(script="standard_rl", rollouts=8, pass1=[0, .05, .08, .1, .12], flops_per_eval=1e11,
+                train={"train/all_negative_frac": .8, "train/entropy": .3, "train/grad_norm": 0.0}),
+    "rl64": dict(script="standard_rl", rollouts=64, pass1=[0, .1, .2, .3, .4], flops_per_eval=4e11),
+    "pre": dict(script="prefixrl", pass1=[0, .3, .5, .6, .7], flops_per_eval=5e10, offset=5e10,
+                train={"train/all_negative_frac": .1, "train/all_negative_frac_no_prefix": .4, "train/entropy": .25,
+                       "train/entropy_no_prefix": .28, "train/grad_norm": .2, "train/grad_std": .1}),
+    "other": dict(script="prefixrl", traces="/cache/toy-gpt2.json", pass1=[0, .2, .4, .6, .65], heldout=[0, .1, .2, .3, .68],
+                  flops_per_eval=5e10, offset=5e10),
+    "off": dict(script="offpolicy_rl", pass1=[0, .1, .2, .3, .35], flops_per_eval=1e11, offset=5e10,
+                train={"train/grad_norm": .5, "train/grad_std": .3}),
+}
+REGIME_CLAIMS = [plot.claim_rl8_stays_low, plot.claim_rl64_between, plot.claim_prefixrl_solves_most, plot.claim_heldout_above_rl,
+                 plot.claim_ahead_on_flops]
+
+
+def regime_methods(**changes):
+    """REGIME's methods, with changes[method] replacing its fields (a training metric set to None is not logged)."""
+    runs = []
+    for m, spec in REGIME.items():
+        change = changes.get(m, {})
+        train = {k: v for k, v in {**spec.get("train", {}), **change.get("train", {})}.items() if v is not None}
+        runs.append(fake_run(**{**spec, **change, "train": train}))
+    (_, methods), = plot.group(runs)
+    return methods
+
+
+def test_regime_claims_supported():
+    methods = regime_methods()
+    assert [m.label for m in methods] == ["RL n=8", "RL n=64", "Off-policy RL", "PrefixRL", "PrefixRL, other-family traces"]
+    cast = plot.Cast.of(methods)
+    for claim in REGIME_CLAIMS + [plot.claim_other_family, plot.claim_fewer_all_negative]:
+        assert claim(cast)[1] == "supported", claim(cast)
+    _, _, measured = plot.claim_other_family(cast)
+    assert ("final train pass@1: own traces 0.700, PrefixRL, other-family traces 0.650; "
+            "final held-out pass@1: own traces 0.700, PrefixRL, other-family traces 0.680") in measured
+    _, _, measured = plot.claim_grad_norm_and_std(cast)
+    assert ("grad norm PrefixRL max 0.2, median 0.2 (max/median 1.0), Off-policy RL max 0.5, median 0.5 (max/median 1.0); "
+            "mean grad std PrefixRL 0.1, Off-policy RL 0.3") in measured
+
+
+@pytest.mark.parametrize("claim, changes, status, measured", [
+    (plot.claim_rl8_stays_low, {"rl8": {"pass1": [0, .1, .2, .3, .1]}}, "partly", "highest eval train pass@1 (mean over seeds) 0.300"),
+    (plot.claim_rl8_stays_low, {"rl8": {"train": {"train/all_negative_frac": .4}}}, "partly", "over the whole run 0.400 ('most' = above 0.5)"),
+    (plot.claim_rl64_between, {"rl64": {"pass1": [0, .1, .2, .3, .6]}}, "partly", "RL n=64 0.600, PrefixRL 0.700 ('well below' = at most 0.67"),
+    (plot.claim_prefixrl_solves_most, {"pre": {"pass1": [0, .1, .2, .3, .4]}}, "partly", "PrefixRL 0.400, RL n=8 0.120"),
+    (plot.claim_heldout_above_rl, {"rl64": {"heldout": [0, .1, .2, .3, .8]}}, "partly", "PrefixRL 0.700, RL n=8 0.120, RL n=64 0.800"),
+    (plot.claim_ahead_on_flops, {"pre": {"pass1": [0, .02, .5, .6, .7]}}, "partly", "vs RL n=8: ahead at 3/4 points compared, 0 beyond"),
+    (plot.claim_ahead_on_flops, {"pre": {"flops_per_eval": 3e11}}, "partly", "vs RL n=8: ahead at 1/1 points compared, 3 beyond"),
+    # like with like: PrefixRL's no-prefix rollouts against standard RL's, though its plain keys (all rollouts) would pass
+    (plot.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": .9}}}, "not supported",
+     "PrefixRL (no-prefix rollouts) 0.900, RL n=8 0.800"),
+    (plot.claim_entropy, {"pre": {"train": {"train/entropy_no_prefix": .01}}}, "not supported",
+     "PrefixRL (no-prefix rollouts) 0.010, RL n=8 0.300"),
+    # an older run without the no-prefix key: the plain key, and a note
+    (plot.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": None}}}, "supported",
+     "1/1 run(s) log no train/all_negative_frac_no_prefix (older runs): all rollouts there, prefixed ones included) 0.100"),
+])
+def test_claims_on_fabricated_runs(claim, changes, status, measured):
+    got = claim(plot.Cast.of(regime_methods(**changes)))
+    assert got[1].split(" (as far as tested")[0] == status and measured in got[2], got
+
+
+def test_no_prefix_series_drawn_for_prefixrl(monkeypatch, tmp_path):
+    drawn, notes = [], []
+    monkeypatch.setattr(plot, "draw", lambda ax, m, c, ls: drawn.append((m.label, ls)))
+    monkeypatch.setattr(plot, "finish", lambda plt, fig, axes, title, path, note: notes.append(note))
+    plot.fig_over_steps(plot._plt(), regime_methods(), tmp_path, plot.Args(smooth=1), [("train/entropy", "", "")], "", "f.png", no_prefix_too=True)
+    assert drawn == [("RL n=8", "-"), ("PrefixRL", "-"), ("PrefixRL (no-prefix rollouts)", ":")]
+    assert notes[0].endswith(plot.NO_PREFIX_NOTE)
+
+
 def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     out = tmp_path / "repro"
     assert reproduce.main(reproduce.Args(out=str(out), seeds=2, jobs=2, steps=30, extra="--hard-min 9 --hard-max 9", dry_run=True)) == 0
     lines = capsys.readouterr().out.splitlines()
     cmds = [ln.split("  > ")[0] for ln in lines if ln.startswith("python ") and "plot.py" not in ln]
+    traces = f"{out}/traces/toy-gpt2.json"
     flags = {"prefixrl": "prefixrl.py", "rl_n8": "standard_rl.py", "rl_n64": "standard_rl.py --rollouts 64 --prompts-per-step 2 ",
-             "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --prefixed-only "}
+             "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --prefixed-only ",
+             "prefixrl_other_family": f"prefixrl.py --traces {traces} "}
     want = []
     for s in (1, 2):
         for m, f in flags.items():
             script, _, extra = f.partition(" ")
-            threads = 2 if not want else 1  # the first run is alone and gets every core (--jobs)
-            want.append(f"python {script} --seed {s} --threads {threads} --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
+            want.append(f"python {script} --seed {s} --threads 1 --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
+    want[0] = want[0].replace("--threads 1", "--threads 2")  # the first run is alone and gets every core (--jobs)
+    # the other family's traces right after it, the runs that need them last
+    other = [w for w in want if "--traces" in w]
+    want = [w for w in want if "--traces" not in w]
+    want = want[:1] + [f"python reproduce.py --collect-traces-to {traces} '--extra=--hard-min 9 --hard-max 9'"] + want[1:] + other
     assert cmds == want
-    assert lines[0].startswith("# first, alone") and lines[2] == "# then, 2 at a time:"
+    assert lines[0].startswith("# first, alone") and lines[2].startswith("# then, 2 at a time")
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
 
 
@@ -244,3 +335,16 @@ def test_reproduce_runs_first_alone_then_the_rest_then_plots(tmp_path, monkeypat
     reproduce.main(reproduce.Args(out=str(out), seeds=2, methods=("prefixrl", "rl_n64"), jobs=2))
     text = capsys.readouterr().out
     assert text.count("finished already") == 3 and "started rl_n64_s2" in text
+
+
+def test_reproduce_runs_a_job_only_after_the_job_it_needs(tmp_path, capsys):
+    def job(name, code, needs=None):
+        return reproduce.Job(name, ["python", "-c", code], None, str(tmp_path / f"{name}.log"), needs=needs)
+
+    order = tmp_path / "order"
+    write = "import time; time.sleep({}); open(r'%s', 'a').write('{} ')" % order
+    jobs = [job("late", write.format(0, "late"), needs="traces"), job("traces", write.format(1.5, "traces")),
+            job("bad", "raise SystemExit(3)"), job("orphan", write.format(0, "orphan"), needs="bad")]
+    failed = reproduce.run_pool(jobs, 2, sys.executable, [0, len(jobs)])
+    assert sorted(failed) == ["bad", "orphan"] and order.read_text().split() == ["traces", "late"]
+    assert "orphan not run: bad failed" in capsys.readouterr().out

@@ -91,3 +91,24 @@ def test_smoke_run(toy_cache, teacher_traces, tmp_path):
     (length,) = {len(p.prompt_ids) + len(traces[p.id].token_ids) for p in task.train}  # all rows alike
     tokens = 4 * 4 * length  # sft_steps x sft_batch x (prompt + trace)
     assert sft[-1]["flops"] == 4.0 + 6 * n_params * tokens and train[0]["flops"] > sft[-1]["flops"]
+
+
+def test_sft_stops_when_the_validation_nll_stops_falling(toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """Held-out traces never enter an SFT batch, and SFT ends at the first evaluation whose validation
+    NLL is not below the best before it; RL follows."""
+    nlls, seen = iter([3.0, 2.0, 1.5, 1.7, 0.1]), []
+    monkeypatch.setattr(sft_rl, "validation_nll", lambda model, task, problems, traces, args: (seen.append([p.id for p in problems]), next(nlls))[1])
+    sft_backward, batches = sft_rl.sft_backward, []
+    monkeypatch.setattr(sft_rl, "sft_backward", lambda model, ids, *a: (batches.append(ids.tolist()), sft_backward(model, ids, *a))[1])
+    run_dir = str(tmp_path / "run")
+    sft_rl.main(sft_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, sft_steps=20, sft_batch=4, sft_val_fraction=0.25,
+                            **{**TINY, "threads": 1}))
+    rows = read_metrics(run_dir)
+    sft = [r for r in rows if "sft_step" in r]
+    assert [r["sft/val_nll"] for r in sft if "sft/val_nll" in r] == [3.0, 2.0, 1.5, 1.7]  # stopped at the rise
+    assert max(r["sft_step"] for r in sft) == 6 and [r["step"] for r in rows if "train/grad_norm" in r] == [1, 2, 3]
+    (val_ids,) = {tuple(ids) for ids in seen}
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, **{k: v for k, v in SMOKE_TASK.items() if k != "task_seed"}, seed=SMOKE_TASK["task_seed"])
+    val_prompts = [p.prompt_ids for p in task.train if p.id in val_ids]
+    assert len(val_ids) == 1 and len(batches) == 6  # 1 of 4 traces held out; SFT steps 0..5
+    assert not any(row[: len(v)] == v for ids in batches for row in ids for v in val_prompts)

@@ -1,0 +1,79 @@
+"""How hard the default toy is for its base model: per-step accuracy by family and the exact pass@1.
+
+    python bench/calibrate_toy.py                      # the "toy" base model on the default problems
+    python bench/calibrate_toy.py --model toy-gpt2     # the other family's base model
+
+Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
+p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
+sampling the correct solution (at temperature 1), by number of hard steps H. Wrong paths that still
+end in the right answers are not counted, so the exact pass@1 is a lower bound of the reward rate.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import models  # noqa: E402
+import tasks  # noqa: E402
+import utils  # noqa: E402
+
+
+@dataclass
+class Args:
+    model: str = "toy"
+    """'toy' or 'toy-gpt2' (the cached base model; pretrained on first use)"""
+    cache_dir: str = "cache"
+    """where the base models are cached"""
+    toy_pretrain_steps: int = 1500
+    """pretraining steps of the base model (part of its cache key)"""
+    toy_length: int = tasks.TOY_LENGTH
+    """numbers per problem"""
+    hard_min: int = 11
+    """fewest hard steps per problem"""
+    hard_max: int = 12
+    """most hard steps per problem"""
+    n_train: int = 128
+    """training candidates"""
+    n_heldout: int = 64
+    """held-out problems"""
+    task_seed: int = 0
+    """seed of the problem draw"""
+    threads: int = 2
+    """torch CPU threads"""
+
+
+@torch.no_grad()
+def main(args: Args):
+    torch.set_num_threads(args.threads)
+    model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+    model.eval()
+    task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    problems = task.train + task.heldout
+    solutions = [tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems]
+    ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, task.pad_id, "cpu")
+    logp, _ = utils.token_logprobs(model, ids, attn)
+    by_family, easy, exact = {}, [], {}
+    for i, p in enumerate(problems):
+        family, x, adds = p.meta["params"]
+        start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
+        for k, b in enumerate(adds):
+            right = float(logp[i, start + k].exp())
+            (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(right)
+            x = tasks.toy_solve((family, x, [b]))[0][0]
+        exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
+    print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
+    print(f"p(right | easy step) = {np.mean(easy):.4f}")
+    print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
+    print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
+    for h, v in sorted(exact.items()):
+        print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
+
+
+if __name__ == "__main__":
+    with utils.clean_errors():
+        main(tyro.cli(Args))
