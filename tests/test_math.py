@@ -64,7 +64,7 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
     utils_token_logprobs = utils.token_logprobs
     monkeypatch.setattr(utils, "token_logprobs", spy)
     advantages = torch.linspace(-1, 1, 8)
-    script.reinforce_backward(model, ids, attn, mask, advantages, 8, loss_agg)
+    script.reinforce_backward(model, ids, attn, mask, advantages, 8, loss_agg, 1.0)
     g = captured[0].grad
     assert torch.all(g[mask == 0] == 0)  # prompt, prefix and padding: exactly zero
     assert torch.all(g[(mask == 1) & (advantages[:, None] != 0)] != 0)  # every sampled token learns
@@ -77,7 +77,7 @@ def test_pad_tokens_do_not_change_the_gradient(script):
     for pad in [tasks.PAD, 7]:
         model = tiny_model()
         ids, attn, mask = utils.make_batch(contexts, responses, pad, "cpu")
-        script.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 8, "token")
+        script.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 8, "token", 1.0)
         out.append(grads(model))
     assert torch.equal(out[0], out[1])
 
@@ -91,7 +91,7 @@ def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
     out = []
     for micro in [8, 4, 2, 1]:
         model = tiny_model()
-        script.reinforce_backward(model, ids, attn, mask, advantages, micro, loss_agg)
+        script.reinforce_backward(model, ids, attn, mask, advantages, micro, loss_agg, 1.0)
         out.append(grads(model))
     for g in out[1:]:
         torch.testing.assert_close(g, out[0], rtol=1e-5, atol=1e-7)
@@ -107,7 +107,7 @@ def test_activation_checkpointing_leaves_the_gradient_unchanged():
         if checkpointing:
             models.enable_activation_checkpointing(model)
         assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
-        prefixrl.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 4, "token")
+        prefixrl.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 4, "token", 1.0)
         out.append(grads(model))
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
 
@@ -118,7 +118,7 @@ def test_reinforce_gradient_matches_the_formula():
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     advantages = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    standard_rl.reinforce_backward(model, ids, attn, mask, advantages, 4, "token")
+    standard_rl.reinforce_backward(model, ids, attn, mask, advantages, 4, "token", 1.0)
     got = grads(model)
     model.zero_grad()
     logits = model(ids, attention_mask=attn).logits[:, :-1]
@@ -137,7 +137,7 @@ def test_equal_rewards_give_zero_advantage_and_zero_gradient(std_normalize):
     model = tiny_model()
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
-    standard_rl.reinforce_backward(model, ids, attn, mask, adv[:8], 8, "token")
+    standard_rl.reinforce_backward(model, ids, attn, mask, adv[:8], 8, "token", 1.0)
     assert torch.all(grads(model) == 0)
 
 
@@ -159,32 +159,47 @@ def test_pass_at_k_refuses_k_above_n():
         utils.pass_at_k(3, 0, 8)  # undefined: no 8 of 3 samples
 
 
-def test_prefixes_are_fixed_token_cuts_in_range():
-    traces = {f"p{i}": utils.Trace(f"p{i}", list(range(100 + i)), "", 1, 0.0, []) for i in range(20)}
-    cuts = utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
-    assert len(cuts) == 60 and cuts == utils.cut_prefixes(traces, 3, 0.4, 0.8, seed=0)
-    for pid, prefix in cuts:
-        full = traces[pid].token_ids
+def test_prefixes_are_fixed_token_cuts_of_the_reasoning():
+    task = tasks.make_toy_task(30, 6, 8, 20, 0, 0)
+    traces = {}
+    for p in task.train:
+        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+        traces[p.id] = utils.Trace(p.id, ids, "", 1, 0.0, [])
+    cuts = utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0)
+    assert len(cuts) == 60 and cuts == utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0)
+    for p, prefix in cuts:
+        full = traces[p.id].token_ids
         assert prefix == full[: len(prefix)]
-        assert 0.4 * len(full) - 0.5 <= len(prefix) <= 0.8 * len(full) + 0.5
+        assert 0.4 * 30 - 0.5 <= len(prefix) <= 0.8 * 30 + 0.5  # of the 30 reasoning tokens, not the 34 of the trace
     assert len({len(p) for _, p in cuts}) > 10  # really drawn, not one fixed fraction
+    all_of_it = utils.cut_prefixes(task, task.train, traces, 3, 1.0, 1.0, seed=0)
+    assert all(len(prefix) == 30 and tasks.EQUALS not in prefix for _, prefix in all_of_it)  # the whole reasoning, no answer
+
+
+def test_no_prefix_of_the_default_toy_pool_holds_the_answer():
+    """The default toy task's training problems, with the base model's own solutions as traces."""
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 7, 8, 128, 0, 0)
+    traces = {p.id: utils.Trace(p.id, tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"], np.random.default_rng(i), 0.35)[0]), "", 1, 0.0, [])
+              for i, p in enumerate(task.train)}
+    for p, prefix in utils.cut_prefixes(task, task.train, traces, 3, 0.0, 1.0, seed=0):
+        assert tasks.EQUALS not in prefix and task.reward(p, prefix, []) == 0.0
 
 
 def test_toy_reward_reads_only_the_final_answer():
     task = tasks.make_toy_task(30, 6, 8, 2, 0, 0)
     p = task.train[0]
     good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
-    assert task.reward(p, good) == 1.0
+    assert task.reward(p, [], good) == 1.0
     def bump(ids, i):  # value + 1
         ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % 11)]
 
     wrong_step = list(good)
     bump(wrong_step, 3)
-    assert task.reward(p, wrong_step) == 1.0  # outcome reward: steps are not checked
+    assert task.reward(p, [], wrong_step) == 1.0  # outcome reward: steps are not checked
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
-    assert task.reward(p, wrong_answer) == 0.0
-    assert task.reward(p, good[:-5]) == 0.0  # no '=': no answer
+    assert task.reward(p, [], wrong_answer) == 0.0
+    assert task.reward(p, [], good[:-5]) == 0.0  # no '=': no answer
     assert len(set(map(str, (q.answer for q in tasks.make_toy_task(12, 0, 8, 400, 0, 1).train)))) > 200  # a wide answer space
 
 

@@ -101,8 +101,8 @@ def test_prefix_continues_the_assistant_turn_and_the_loss_mask_starts_after_it(s
     assert mask[0].nonzero()[0].item() == len(context) - 1 and mask[0].sum().item() == len(response)
     assert ids[0, len(context)].item() == response[0]
     assert mask[1].nonzero()[0].item() == len(p.prompt_ids) - 1  # no prefix: right after the prompt
-    # the verifier reads the whole assistant turn, prefix included
-    assert arith.reward(p, prefix + response) == float(p.answer == "60")
+    # the verifier reads the response, not the prefix
+    assert arith.reward(p, prefix, response) == float(p.answer == "60")
 
 
 def test_arith_task_is_deterministic_and_disjoint():
@@ -148,8 +148,8 @@ def test_reward_decodes_the_response():
     tok = FakeChatTokenizer()
     task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
     p = task.train[0]
-    assert task.reward(p, tok.encode(f"so it is \\boxed{{{p.answer}}}") + [task.eos_id]) == 1.0
-    assert task.reward(p, tok.encode(f"so it is {int(p.answer) + 1}")) == 0.0
+    assert task.reward(p, [], tok.encode(f"so it is \\boxed{{{p.answer}}}") + [task.eos_id]) == 1.0
+    assert task.reward(p, [], tok.encode(f"so it is {int(p.answer) + 1}")) == 0.0
 
 
 # --dataset FILE.jsonl
@@ -171,7 +171,7 @@ def test_jsonl_task_fields_split_and_answers(tmp_path):
     by_text = {p.meta["text"]: p for p in task.train + task.heldout}
     assert by_text["Q?"] in task.heldout and by_text["P?"] in task.train and by_text["P?"].answer == "\\frac{1}{2}"
     assert by_text["What is 3 + 3?"].answer == "6" and by_text["What is 3 + 3?"].meta["line"] == 4
-    assert task.reward(by_text["P?"], tok.encode("it is \\boxed{0.5}")) == 1.0
+    assert task.reward(by_text["P?"], [], tok.encode("it is \\boxed{0.5}")) == 1.0
     assert len(tasks.load_jsonl_task(path, tok, 0.2, 0, n_train=4, n_heldout=1).train) == 4
 
 
@@ -286,7 +286,7 @@ def test_one_prefixrl_step_on_smollm2(smollm2, tmp_path, monkeypatch):
         ids = tokenizer(f"Adding them up gives \\boxed{{{p.answer}}}.", add_special_tokens=False)["input_ids"] + [task.eos_id]
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.5] * len(ids))
     path = str(tmp_path / "traces.json")
-    utils.save_traces(path, {"source": "test"}, traces, 2.0, {pid: 1 for pid in traces})
+    utils.save_traces(path, {"source": "test"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
     args = prefixrl.Args(model="smollm2-135m", task="arith", level=1, n_train=2, n_heldout=2, traces=path, steps=1,
                          prompts_per_step=2, rollouts=2, micro_batch=2, max_new_tokens=6, eval_samples=2, eval_every=1,
                          threads=1, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))

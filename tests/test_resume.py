@@ -292,7 +292,7 @@ def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
     assert "no correct trace found for any of 4 problems within --trace-budget 1; raise it or lower --hard-min" in err
     assert not os.path.exists(run_dir)
     empty = str(tmp_path / "empty.json")
-    utils.save_traces(empty, {"source": "nothing"}, {}, 0.0, {})
+    utils.save_traces(empty, {"source": "nothing"}, {}, {}, {})
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=empty, **dict(TINY, threads=1))))
     assert f"traces file '{empty}' holds no traces" in err and not os.path.exists(run_dir)
 

@@ -13,7 +13,7 @@ from test_math import tiny_model
 def lenient_task():
     """The toy task with a reward that passes half the samples, so a random model finds traces."""
     task = tasks.make_toy_task(12, 1, 6, 6, 0, 0)
-    task.reward = lambda p, r: float(len(r) > 0 and r[0] % 2 == 0)
+    task.reward = lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0)
     task.max_new_tokens = 5
     return task
 
@@ -27,7 +27,7 @@ def test_rejection_sampling_stops_at_first_success_and_counts_cost(tmp_path):
     assert traces and total == sum(t.flops for t in traces.values()) + sum(
         2 * n_params * (len(p.prompt_ids) + task.max_new_tokens) * data["attempts"][p.id] for p in task.train if p.id not in traces)
     for pid, t in traces.items():
-        assert task.reward(None, t.token_ids) == 1.0  # verified correct
+        assert task.reward(None, [], t.token_ids) == 1.0  # verified correct
         assert 1 <= t.attempts <= 20 and data["attempts"][pid] == t.attempts  # nothing drawn past the success
         assert len(t.behaviour_logprobs) == len(t.token_ids) and all(lp <= 0 for lp in t.behaviour_logprobs)
         assert t.flops >= 2 * n_params * t.attempts * len(next(p for p in task.train if p.id == pid).prompt_ids)
