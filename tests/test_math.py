@@ -112,17 +112,20 @@ def test_activation_checkpointing_leaves_the_gradient_unchanged():
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
 
 
-def test_reinforce_gradient_matches_the_formula():
-    """Token-mean loss: grad = -(1/T) sum_i sum_t A_i grad log pi(y_it), T = sampled tokens."""
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_reinforce_gradient_matches_the_formula(script, temperature):
+    """Token-mean loss: grad = -(1/N) sum_i sum_t A_i grad log pi_T(y_it), N = sampled tokens, pi_T =
+    softmax(logits / T): the distribution the rollouts were sampled from."""
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     advantages = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    standard_rl.reinforce_backward(model, ids, attn, mask, advantages, 4, "token", 1.0)
+    script.reinforce_backward(model, ids, attn, mask, advantages, 4, "token", temperature)
     got = grads(model)
     model.zero_grad()
     logits = model(ids, attention_mask=attn).logits[:, :-1]
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    logp = torch.log_softmax(logits / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
     (-(advantages[:, None] * logp * mask).sum() / mask.sum()).backward()
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
 
