@@ -1,9 +1,10 @@
 """PrefixRL: on-policy RL on hard problems conditioned on prefixes of very off-policy correct traces.
 
 One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut at
-3 fixed points in 40-80% of its reasoning (the tokens before its answer); each prefix goes at the start of the assistant turn as
-unfinished reasoning. REINFORCE then runs on a 3:1 mix of prefixed and original problems, with the
-loss masked on prefix tokens: the policy learns only from tokens it sampled itself.
+3 fixed points in 40-80% of its reasoning (the tokens before its answer first shows); each prefix goes
+at the start of the assistant turn as unfinished reasoning. REINFORCE then runs on a 3:1 mix of
+prefixed and original problems, with the loss masked on prefix tokens: the policy learns only from
+tokens it sampled itself, and the verifier reads the answer from them alone.
 """
 
 import math
