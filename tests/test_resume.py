@@ -152,8 +152,8 @@ def test_signal_saves_a_checkpoint_and_resume_continues_exactly(script, extra, k
 def test_nan_gradient_stops_before_the_update_and_keeps_the_last_checkpoint(toy_cache, teacher_traces, tmp_path, monkeypatch, capsys):
     token_logprobs, calls = utils.token_logprobs, [0]
 
-    def poisoned(*a, **k):  # 2 micro-batches a step: step 3 gets NaN log-probs
-        calls[0] += 1
+    def poisoned(*a, **k):  # 2 micro-batches a step: step 3 gets NaN log-probs (the no-grad check at load is not a step)
+        calls[0] += torch.is_grad_enabled()
         logp, ent = token_logprobs(*a, **k)
         return (logp * float("nan"), ent) if calls[0] > 4 else (logp, ent)
 
