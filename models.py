@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import tasks
-from utils import InputError
+from utils import InputError, check_output_logits
 
 
 # TOY BASE MODELS: a ~0.8M-parameter Llama pretrained on the noisy teacher's traces ("toy"), and one of
@@ -211,4 +211,6 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
         model_id = name
     else:
         model_id = os.path.join(os.path.abspath(path), gguf_file) if gguf_file else os.path.abspath(path)
-    return model.to(device), tokenizer, model_id
+    model = model.to(device)
+    check_output_logits(model)  # training log-probs must be those of the distribution sampled from
+    return model, tokenizer, model_id

@@ -68,6 +68,8 @@ class Args:
     """rejection-sampling budget per problem (samples), stopping at the first correct one"""
     trace_seed: int = 0
     """seed of trace collection (one trace cache serves every run)"""
+    trace_temperature: float = 1.0
+    """sampling temperature of trace collection (recorded with each trace)"""
     traces: Optional[str] = None
     """use this traces file instead of collecting (e.g. traces from another model)"""
     ratio: Literal["token", "sequence"] = "token"
@@ -78,7 +80,8 @@ class Args:
     """truncate every importance weight at this value (biased); default: no truncation"""
     shaping: Optional[float] = None
     """LUFFY policy shaping with this gamma: the objective weight of a trace token is p / (p + gamma),
-    p = pi_theta(token), instead of the ratio (--ratio and --clip are then unused)"""
+    p = pi_theta(token) at --temperature (the policy that samples the group), instead of the ratio
+    (--ratio and --clip are then unused)"""
     accept_correction: bool = True
     """divide the behaviour density by P(accept) ~ 1/attempts (rejection sampling); off: pi_b = pi_0"""
     steps: int = 150
@@ -88,7 +91,7 @@ class Args:
     rollouts: int = 8
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
-    """sampling temperature for training rollouts"""
+    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
     lr: float = 1e-4
     """AdamW learning rate"""
     grad_clip: float = 1.0
@@ -112,20 +115,11 @@ class Args:
 MAX_LOG_WEIGHT = 30.0  # exp(30) ~ 1e13: a sequence-level weight beyond this is clamped (no inf/nan)
 
 
-@torch.no_grad()
-def policy_logprobs(model, ids, attn, temperature, chunk=64):
-    """log pi_theta(token_{t+1} | tokens_<=t) at the sampling temperature, shape [B, T-1], no gradient:
-    the density the on-policy rollouts are drawn from, so a trace the policy sampled itself gets ratio 1
-    (the same precision as utils.sample: under utils.autocast, log-softmax in fp32)."""
-    with utils.autocast(ids.device):
-        hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
-        head, targets = model.get_output_embeddings(), ids[:, 1:]
-        return torch.cat([torch.log_softmax(head(hidden[:, s : s + chunk]).float() / temperature, -1).gather(-1, targets[:, s : s + chunk, None])[..., 0]
-                          for s in range(0, targets.shape[1], chunk)], 1)
-
-
 def trace_weights(logp, behaviour_logp, mask, log_accept, args):
     """Per-token weights of the trace rows (shape of mask; 0 off the mask) and the largest raw log-weight.
+    logp: log pi_theta of the trace tokens at --temperature (the group's sampling distribution);
+    behaviour_logp: the log-probs stored when the trace was sampled, at its own temperature
+    (Trace.temperature), so at theta_0 the ratio is 1 exactly when the two temperatures agree.
     Rejection sampling: an accepted trace has density pi_0(y|x) 1[correct] / P(accept), so the sequence
     ratio is pi_theta(y|x) P(accept) / pi_0(y|x). P(accept) is unknown; the trace's attempts count is one
     geometric draw with mean 1/P(accept), so log_accept = -log(attempts) (a crude, biased plug-in). The
@@ -150,8 +144,9 @@ def trace_weights(logp, behaviour_logp, mask, log_accept, args):
     return weights * mask, raw_max
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, token_weights=None, on_policy=None):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, token_weights=None, on_policy=None):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
+    pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w (times `token_weights`, the importance weights) are fixed for the whole batch
     first, so splitting changes nothing. Returns (mean policy entropy over sampled tokens of the
     `on_policy` rows, train/grad_std): with K > 1 micro-batches, micro-batch k's gradient d_k times K is
@@ -165,7 +160,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     ent_mask = loss_mask if on_policy is None else loss_mask * on_policy[:, None].to(loss_mask)
     entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
-        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy += (ent * ent_mask[s : s + micro_batch]).sum().item()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
@@ -195,12 +190,14 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
     if args.shaping is None and any(len(t.behaviour_logprobs) != len(t.token_ids) for t in traces.values()):
         raise utils.InputError("importance weights need each trace token's behaviour log-prob, and these traces lack them (re-tokenized from another model?): use --shaping")
+    if args.shaping is None and any(t.temperature != args.temperature for t in traces.values()):
+        print(f"note: traces sampled at temperature {sorted({t.temperature for t in traces.values()})}, rollouts at {args.temperature}: the ratios start away from 1")
     flops = trace_flops
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
     run_dir = utils.start_run(args, "offpolicy_rl")
@@ -238,7 +235,8 @@ def main(args: Args):
         if args.shaping is None:  # shaping needs no behaviour log-probs
             behaviour[mask > 0] = torch.tensor([lp for p in batch for lp in traces[p.id].behaviour_logprobs]).to(mask)
         log_accept = torch.tensor([-math.log(traces[p.id].attempts) * args.accept_correction for p in batch]).to(mask)
-        logp = policy_logprobs(model, ids[rows], attn[rows], args.temperature)
+        with torch.no_grad():
+            logp, _ = utils.token_logprobs(model, ids[rows], attn[rows], args.temperature)
         token_weights = torch.ones_like(loss_mask)
         token_weights[rows], max_log_w = trace_weights(logp, behaviour, mask, log_accept, args)
 
@@ -246,7 +244,7 @@ def main(args: Args):
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         model.train()
         optimizer.zero_grad()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, token_weights, on_policy)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature, token_weights, on_policy)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()

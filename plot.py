@@ -507,7 +507,7 @@ def prefix_key(run, f):
 
 
 def prefix_series(run, f):
-    """pass@1 with the first f of the trace as prefix, by step; f = 0 is the no-prefix eval."""
+    """pass@1 with the first f of the trace's reasoning as prefix, by step; f = 0 is the no-prefix eval."""
     key = "eval/train_pass@1" if f == 0 and prefix_key(run, 0.0) is None else prefix_key(run, f)
     return eval_series(run, key) if key else {}
 
@@ -529,7 +529,7 @@ def fig_prefix_length(plt, methods, out, args):
             c = aggregate(per_run, args.band)
             if c is not None:
                 draw(ax, m, c, marker="o")
-        ax.set(title="(a) before training (step 0): success vs prefix length", xlabel="prefix length (fraction of the trace's tokens)",
+        ax.set(title="(a) before training (step 0): success vs prefix length", xlabel="prefix length (fraction of the trace's reasoning)",
                ylabel="pass@1 on the training problems", ylim=(-0.02, 1.02))
     cmap = plt.get_cmap("viridis")
     for i, m in enumerate(with_prefix + only):
@@ -540,7 +540,7 @@ def fig_prefix_length(plt, methods, out, args):
             if c is None:
                 continue
             col = cmap(0.85 * f / max(max(fr), 1e-9))
-            ax.plot(c.x, c.mean, color=col, marker=".", label=f"prefix {f:.0%} of the trace" + (" (no prefix)" if f == 0 else ""))
+            ax.plot(c.x, c.mean, color=col, marker=".", label=f"prefix {f:.0%} of the reasoning" + (" (no prefix)" if f == 0 else ""))
             if (c.n > 1).any():
                 ax.fill_between(c.x, c.lo, c.hi, color=col, alpha=0.15, lw=0)
         if len(fr) == 1:

@@ -1,9 +1,10 @@
 """PrefixRL: on-policy RL on hard problems conditioned on prefixes of very off-policy correct traces.
 
 One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut at
-3 fixed points in 40-80% of its length; each prefix goes at the start of the assistant turn as
-unfinished reasoning. REINFORCE then runs on a 3:1 mix of prefixed and original problems, with the
-loss masked on prefix tokens: the policy learns only from tokens it sampled itself.
+3 fixed points in 40-80% of its reasoning (the tokens before its answer first shows); each prefix goes
+at the start of the assistant turn as unfinished reasoning. REINFORCE then runs on a 3:1 mix of
+prefixed and original problems, with the loss masked on prefix tokens: the policy learns only from
+tokens it sampled itself, and the verifier reads the answer from them alone.
 """
 
 import math
@@ -67,14 +68,16 @@ class Args:
     """rejection-sampling budget per problem (samples), stopping at the first correct one"""
     trace_seed: int = 0
     """seed of trace collection (one trace cache serves every run)"""
+    trace_temperature: float = 1.0
+    """sampling temperature of trace collection (recorded with each trace)"""
     traces: Optional[str] = None
     """use this traces file instead of collecting (e.g. traces from another model)"""
     cuts_per_trace: int = 3
     """prefixes per trace, cut once and kept fixed"""
     cut_min: float = 0.4
-    """shortest prefix, as a fraction of the trace's reasoning (its tokens before the final answer)"""
+    """shortest prefix, as a fraction of the trace's reasoning (its tokens before the answer first shows)"""
     cut_max: float = 0.8
-    """longest prefix, as a fraction of the trace's reasoning"""
+    """longest prefix, as a fraction of the trace's reasoning (so no prefix holds the answer)"""
     prefixed_fraction: float = 0.75
     """share of prefixed prompts in each step (0.75 = the paper's 3:1 mix)"""
     prefixed_only: bool = False
@@ -86,7 +89,7 @@ class Args:
     rollouts: int = 8
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
-    """sampling temperature for training rollouts"""
+    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
     lr: float = 1e-4
     """AdamW learning rate"""
     grad_clip: float = 1.0
@@ -107,8 +110,9 @@ class Args:
     """sampling temperature at evaluation"""
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
+    pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
     Returns (policy entropy summed over each rollout's sampled tokens, train/grad_std): with K > 1 micro-batches, K times
     micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
@@ -120,7 +124,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     weights = weights * advantages[:, None].to(weights)
     entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
-        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
@@ -148,7 +152,7 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
@@ -156,9 +160,8 @@ def main(args: Args):
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
     run_dir = utils.start_run(args, "prefixrl")
 
-    # PREFIXED PROBLEMS: fixed token-level cuts of each trace, continued in the assistant turn
-    by_id = {p.id: p for p in originals}
-    prefixed = [(by_id[pid], prefix) for pid, prefix in utils.cut_prefixes(task, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)]
+    # PREFIXED PROBLEMS: fixed token-level cuts of each trace's reasoning, continued in the assistant turn
+    prefixed = utils.cut_prefixes(task, originals, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)
     n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
 
     # TRAINING
@@ -190,7 +193,7 @@ def main(args: Args):
         batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
         contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
-        # the verifier sees the prefix, but only the policy's own tokens may supply the answer
+        # the answer must be the response's own: the prefix is cut before the trace's answer and never scored
         rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
 
         # REINFORCE: advantage = reward - group mean; the prefix is context, so the loss mask starts
@@ -199,7 +202,7 @@ def main(args: Args):
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
         optimizer.zero_grad()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()

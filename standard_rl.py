@@ -65,6 +65,8 @@ class Args:
     """rejection-sampling budget per problem (samples), stopping at the first correct one"""
     trace_seed: int = 0
     """seed of trace collection (one trace cache serves every run)"""
+    trace_temperature: float = 1.0
+    """sampling temperature of trace collection (recorded with each trace)"""
     traces: Optional[str] = None
     """use this traces file instead of collecting (e.g. traces from another model)"""
     steps: int = 150
@@ -74,7 +76,7 @@ class Args:
     rollouts: int = 8
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
-    """sampling temperature for training rollouts"""
+    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
     lr: float = 1e-4
     """AdamW learning rate"""
     grad_clip: float = 1.0
@@ -95,8 +97,9 @@ class Args:
     """sampling temperature at evaluation"""
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi(y_it)  over micro-batches.
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
+    pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
     Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
     micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
@@ -108,7 +111,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     weights = weights * advantages[:, None].to(weights)
     entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
-        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
@@ -137,7 +140,7 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, 1.0, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
@@ -173,7 +176,7 @@ def main(args: Args):
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
         optimizer.zero_grad()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()

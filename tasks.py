@@ -48,12 +48,12 @@ class Task:
     heldout: list[Problem]
     """never trained on, always evaluated without prefix"""
     reward: object
-    """reward(problem, prefix_ids, response_ids) -> 0.0 or 1.0 (outcome only); prefix_ids are the
-    assistant-turn tokens the policy did not write (empty without a prefix): only the response may
-    supply the answer"""
+    """reward(problem, prefix_ids, response_ids) -> 0.0 or 1.0 (outcome only). prefix_ids are the
+    assistant-turn tokens the policy did not write (empty for an original problem): the answer must
+    come from the response"""
     reasoning_end: object
-    """reasoning_end(problem, trace_ids) -> int: how many leading trace tokens are reasoning, before
-    the final answer; prefixes are cut inside them, so no prefix holds the answer"""
+    """reasoning_end(problem, trace_ids) -> int: how many leading trace tokens come before the final
+    answer first shows; prefixes are cut inside them, so no prefix gives the answer away"""
     decode: object
     """decode(ids) -> str, for logs and traces"""
     eos_id: int
@@ -157,9 +157,9 @@ def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
     return float(values_ok and ids[steps] == EQUALS and ids[steps + 1 : -1] == problem.answer and ids[-1] == EOS)
 
 
-def toy_reasoning_end(problem: Problem, trace_ids) -> int:
-    """The toy's reasoning is the L values before '='."""
-    return list(trace_ids).index(EQUALS)
+def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
+    """The running sum is the reasoning; the answer starts at the first '='."""
+    return list(trace_ids).index(EQUALS) if EQUALS in trace_ids else len(trace_ids)
 
 
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
@@ -253,6 +253,28 @@ def extract_answer(text: str):
     return numbers[-1] if numbers else None
 
 
+def answer_start(decode, trace_ids, gold) -> int:
+    """How many leading tokens of a trace come before its answer first shows: the answer shows where
+    the decoded text first has a \\boxed / \\fbox, or a number equal to the gold answer (sign ignored,
+    so "40-2" counts for 2), or else the gold answer's own text. A token counts as before it when the
+    decoded text up to and including that token ends at or before the answer's first character, so
+    no part of the answer (not even the first digit of a split number) is in a prefix. A trace that
+    never shows it is all reasoning."""
+    text = decode(trace_ids)
+    starts = [i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0]
+    try:
+        value = abs(float(str(gold).replace(",", "")))
+        starts += [m.start() for m in NUMBER.finditer(text) if abs(float(m.group().replace(",", ""))) == value][:1]
+    except ValueError:  # a symbolic answer: its text
+        starts += [i for i in [text.find(str(gold))] if i >= 0]
+    if not starts:
+        return len(trace_ids)
+    first, k = min(starts), 0
+    while k < len(trace_ids) and len(decode(trace_ids[: k + 1])) <= first:
+        k += 1
+    return k
+
+
 def _timeout():  # math-verify's timeouts use SIGALRM, which only the main thread may set
     return 5 if threading.current_thread() is threading.main_thread() else None
 
@@ -278,7 +300,7 @@ def math_verify_correct(gold: str, response_text: str) -> bool:
 
 def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], max_new_tokens: int, spec: dict) -> Task:
     """A Task from (id, problem text, answer, meta) tuples: prompts via the chat template, reward via
-    math-verify on the decoded assistant turn (the prefix, if any, and the response)."""
+    math-verify on the decoded response (never the prefix before it)."""
 
     def problem(pid, text, answer, meta):
         return Problem(pid, chat_prompt_ids(tokenizer, f"{text}\n{INSTRUCTION}"), answer, dict(meta, text=text))
@@ -286,17 +308,17 @@ def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], ma
     def decode(ids):
         return tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def reward(p: Problem, prefix_ids, response_ids) -> float:  # the answer must come from the response
+    def reward(p: Problem, prefix_ids, response_ids) -> float:  # the response alone: a prefix never answers for it
         return float(math_verify_correct(p.answer, decode(response_ids)))
 
     def reasoning_end(p: Problem, trace_ids) -> int:
-        return len(trace_ids)
+        return answer_start(decode, trace_ids, p.answer)
 
     eos = end_of_turn_id(tokenizer)
     spec = dict(spec, instruction=INSTRUCTION, max_new_tokens=max_new_tokens)
     return Task(
-        name=name, train=[problem(*x) for x in train], heldout=[problem(*x) for x in heldout], reward=reward, reasoning_end=reasoning_end,
-        decode=decode, eos_id=eos, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        name=name, train=[problem(*x) for x in train], heldout=[problem(*x) for x in heldout], reward=reward,
+        reasoning_end=reasoning_end, decode=decode, eos_id=eos, pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         max_new_tokens=max_new_tokens, fingerprint=hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16],
     )
 
@@ -341,21 +363,26 @@ def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
 
 
 def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: int, max_new_tokens: int = 192) -> Task:
-    """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`;
-    train and held-out are disjoint (distinct texts). The reference answer is an integer."""
+    """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`.
+    Texts are distinct, and no held-out problem has the numbers and answer of a training problem (the
+    same sum told in other words is not held out). The reference answer is an integer."""
     if not 1 <= level <= LEVELS:
         raise InputError(f"--level must be in 1..{LEVELS}, got {level}")
-    r, seen, rows = random.Random(f"arith-{level}-{seed}"), set(), []
+    r, seen, train_keys, rows = random.Random(f"arith-{level}-{seed}"), set(), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
         if len(rows) == n_train + n_heldout:
             break
         text, answer = arith_problem(level, r)
-        if text not in seen:
-            seen.add(text)
-            rows.append((f"arith{level}:" + hashlib.sha256(text.encode()).hexdigest()[:12], text, str(answer), {"level": level}))
+        key = (tuple(sorted(NUMBER.findall(text))), answer)
+        if text in seen or len(rows) >= n_train and key in train_keys:
+            continue
+        seen.add(text)
+        if len(rows) < n_train:
+            train_keys.add(key)
+        rows.append((f"arith{level}:" + hashlib.sha256(text.encode()).hexdigest()[:12], text, str(answer), {"level": level}))
     else:
-        raise InputError(f"could not draw {n_train + n_heldout} distinct level-{level} problems")
-    spec = dict(task="arith", level=level, n=[n_train, n_heldout], seed=seed)
+        raise InputError(f"could not draw {n_train + n_heldout} distinct level-{level} problems with held-out ones unlike the training ones; lower --n-train or --n-heldout")
+    spec = dict(task="arith", level=level, n=[n_train, n_heldout], seed=seed, heldout="new numbers or answer")
     return chat_task(f"arith{level}", tokenizer, rows[:n_train], rows[n_train:], max_new_tokens, spec)
 
 

@@ -133,7 +133,7 @@ def check_args(args):
         (args.rollouts >= 2, f"--rollouts must be >= 2 (a group-mean baseline needs two), got {args.rollouts}"),
         (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
+        (args.temperature > 0 and args.trace_temperature > 0, f"--temperature and --trace-temperature must be > 0, got {args.temperature} and {args.trace_temperature}"),
         (args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}"),
         (args.micro_batch >= 1 and (args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
          f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}; give a divisor of {args.prompts_per_step * args.rollouts}"),
@@ -176,11 +176,10 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     out_tokens, out_lp = [], []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, -1)
-        token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(device)[:, 0]
+        token, logp = draw(logits, temperature, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out_tokens.append(token)
-        out_lp.append(logp.gather(-1, token[:, None])[:, 0])
+        out_lp.append(logp)
         done |= token == eos_id
         if done.all():
             break
@@ -195,6 +194,21 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         responses.append(row[:n])
         logprobs.append(lp[:n])
     return responses, logprobs
+
+
+def draw(logits, temperature, generator):
+    """One token per row from softmax(logits / temperature), and its log-prob. Inverse CDF, on the
+    logits' device: one uniform per row comes from `generator` (wherever it lives: B numbers, never the
+    vocabulary) and a search in the cumulative sums picks the token, so the full-vocabulary
+    probabilities never leave the device, and the same uniforms give the same tokens on any device."""
+    scaled = logits.float() / temperature
+    top = scaled.amax(-1, keepdim=True)
+    weights = (scaled - top).exp()
+    log_norm = top[:, 0] + weights.sum(-1).log()
+    cdf = weights.cumsum_(-1)
+    u = torch.rand(len(scaled), 1, generator=generator, device=generator.device).to(scaled.device)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=scaled.shape[-1] - 1)
+    return token, scaled.gather(-1, token[:, None])[:, 0] - log_norm
 
 
 # LOG-PROBS: per token, from hidden states, a chunk of positions at a time
@@ -212,25 +226,63 @@ def make_batch(contexts, responses, pad_id, device):
     return ids.to(device), attn.to(device), loss_mask.to(device)
 
 
-def token_logprobs(model, ids, attn, chunk=1024):
-    """log pi(token_{t+1} | tokens_<=t) and the policy's entropy at each position, shape [B, T-1].
-    The lm head runs on `chunk` positions at a time (recomputed in backward), so full-vocabulary fp32
-    logits never exist for the whole batch at once."""
+def token_logprobs(model, ids, attn, temperature=1.0, chunk=1024):
+    """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
+    pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
+    distribution sample() draws from at temperature T. The lm head runs on `chunk` positions at a time
+    (recomputed in backward), so full-vocabulary fp32 logits never exist for the whole batch at once."""
     with autocast(ids.device):
         hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
-    head, targets = model.get_output_embeddings(), ids[:, 1:]
+    targets = ids[:, 1:]
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     logps, ents = [], []
     for s in range(0, flat_h.shape[0], chunk):
-        lp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, head, flat_h[s : s + chunk], flat_t[s : s + chunk], use_reentrant=False)
+        lp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, model, flat_h[s : s + chunk], flat_t[s : s + chunk], temperature, use_reentrant=False)
         logps.append(lp)
         ents.append(ent)
     return torch.cat(logps).view_as(targets), torch.cat(ents).view_as(targets)
 
 
-def _head_logprobs(head, h, t):
-    logp = torch.log_softmax(head(h).float(), -1)
+def _head_logprobs(model, h, t, temperature):
+    with autocast(h.device):  # the lm head at the precision model(...) runs it
+        logits = output_logits(model, h)
+    logp = torch.log_softmax(logits.float() / temperature, -1)
     return logp.gather(-1, t[:, None])[:, 0], -(logp.exp() * logp).sum(-1).detach()
+
+
+def output_logits(model, hidden):
+    """The logits model(...) returns for these final hidden states: the lm head, then the transform
+    some model classes apply inside their forward (Gemma2/3: tanh soft-capping; Granite: divide by
+    logits_scaling; Cohere: multiply by logit_scale). check_output_logits refuses any other."""
+    logits = model.get_output_embeddings()(hidden)
+    config = model.config.get_text_config()
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / config.final_logit_softcapping) * config.final_logit_softcapping
+    return logits
+
+
+@torch.no_grad()
+def check_output_logits(model, tolerance=1e-4):
+    """Refuse a model whose forward computes its logits in a way output_logits does not reproduce:
+    training would then follow another distribution than sampling. One short forward at start-up."""
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 5, device=device)[None] % model.config.get_text_config().vocab_size
+    attn = torch.ones_like(ids)
+    try:
+        got, _ = token_logprobs(model, ids, attn)
+        with autocast(device):
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        want = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        gap = (got - want).abs().max().item()
+    except Exception as e:  # no base_model / output embeddings in the usual place
+        raise InputError(f"{type(model).__name__} is not supported: its log-probs cannot be computed a chunk at a time ({type(e).__name__}: {e})") from None
+    if not gap <= tolerance:
+        raise InputError(f"{type(model).__name__} is not supported: its forward transforms the logits in a way prefixrl does not reproduce "
+                         f"(log-probs differ by {gap:.2g}), so training would not follow the distribution it samples from")
 
 
 def group_advantages(rewards, group_size, std_normalize=False):
@@ -290,9 +342,11 @@ class Trace:
     attempts: int
     """samples drawn for this problem up to and including the first correct one"""
     flops: float
-    """sampling FLOPs spent on this problem"""
+    """sampling FLOPs spent on this problem (every sample drawn for it, also after the first success)"""
     behaviour_logprobs: list
-    """per-token log-prob of the trace under the sampling distribution (base model at that temperature)"""
+    """per-token log-prob of the trace under the sampling distribution (base model at `temperature`)"""
+    temperature: float = 1.0
+    """the temperature the trace was sampled at (files of format v1 have none: they were all sampled at 1.0)"""
 
 
 def trace_cache_path(cache_dir, model_id, task, budget, seed):
@@ -303,7 +357,8 @@ def trace_cache_path(cache_dir, model_id, task, budget, seed):
 
 def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=512, model_id=""):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
-    at most `budget` samples per problem. Returns (traces by problem id, total sampling FLOPs)."""
+    at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
+    drawn in the same batch after its first success. Returns (traces by problem id, total sampling FLOPs)."""
     from tqdm import tqdm
 
     key = dict(model=model_id, task=task.fingerprint, budget=budget, temperature=temperature, seed=seed,
@@ -324,41 +379,50 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
         owners = [p for p, m in todo for _ in range(m)]
         responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size)
         for p, resp, lp in zip(owners, responses, logprobs):
-            if p.id in traces:  # stop at the first success: later samples in this batch are not counted
+            flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
+            if p.id in traces:  # past the first success: not an attempt
                 continue
             attempts[p.id] += 1
-            flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))
             if task.reward(p, [], resp) > 0:
-                traces[p.id] = Trace(p.id, resp, task.decode(resp), attempts[p.id], flops[p.id], lp)
+                traces[p.id] = Trace(p.id, resp, task.decode(resp), attempts[p.id], 0.0, lp, temperature)
         bar.update(len(prompts))
         bar.set_postfix(found=len(traces), active=len(active))
     bar.close()
-    total = sum(flops.values())
-    save_traces(cache_path, key, traces, total, attempts)
-    return traces, total
+    for pid, t in traces.items():
+        t.flops = flops[pid]
+    save_traces(cache_path, key, traces, attempts, flops)
+    return traces, sum(flops.values())
 
 
-def save_traces(path, key, traces, total_flops, attempts):
+TRACES_FORMAT = "prefixrl-traces-v2"
+"""v2 adds each trace's temperature and the sampling FLOPs of every problem tried; v1 files still load"""
+
+
+def save_traces(path, key, traces, attempts, flops):
+    """`attempts` and `flops`: per problem id, for every problem tried (found or not)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(dict(format="prefixrl-traces-v1", key=key, total_flops=total_flops, attempts=attempts,
-                       traces=[asdict(t) for t in traces.values()]), f)
-    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    write_atomic(path, json.dumps(dict(format=TRACES_FORMAT, key=key, total_flops=sum(flops.values()), attempts=attempts,
+                                       flops=flops, traces=[asdict(t) for t in traces.values()])))
 
 
 def load_traces(path, key=None, problems=None):
     """Read a traces file; with `key`, it must have been collected for exactly this model/task/budget;
-    with `problems`, it must hold traces for some of them (others are ignored)."""
+    with `problems`, it must hold traces for some of them (others are ignored). Returns (traces, FLOPs
+    charged): the sampling FLOPs of the problems asked for (all the file's without `problems`), failed
+    ones included where the file records them (v2); a v1 file records only its traces' FLOPs per problem,
+    so its failed problems are not charged."""
     try:
         with open(path) as f:
             data = json.load(f)
-        assert data.get("format") == "prefixrl-traces-v1"
+        assert data.get("format") in (TRACES_FORMAT, "prefixrl-traces-v1")
         traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
         assert isinstance(data["key"], dict) and isinstance(data["total_flops"], (int, float))
+        flops = data.get("flops", {pid: t.flops for pid, t in traces.items()})
+        assert isinstance(flops, dict) and all(isinstance(v, (int, float)) for v in flops.values())
         for t in traces.values():  # the fields the scripts use, with their types
             assert t.token_ids and all(isinstance(i, int) and i >= 0 for i in t.token_ids) and isinstance(t.behaviour_logprobs, list)
             assert isinstance(t.attempts, int) and t.attempts >= 1 and isinstance(t.flops, (int, float)) and isinstance(t.text, str)
+            assert isinstance(t.temperature, (int, float)) and t.temperature > 0
     except (OSError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"traces file '{path}' is unreadable or not a prefixrl traces file ({type(e).__name__}); delete it to re-collect") from None
     if key is not None and data["key"] != key:
@@ -371,19 +435,21 @@ def load_traces(path, key=None, problems=None):
         if not ids & set(traces):
             raise InputError(f"traces file '{path}' holds traces for other problems (none of its {len(traces)} ids is a training problem here)")
         traces = {pid: t for pid, t in traces.items() if pid in ids}
-    return traces, data["total_flops"]
+        flops = {pid: v for pid, v in flops.items() if pid in ids}
+    return traces, float(sum(flops.values()))
 
 
-def cut_prefixes(task, traces, n_cuts, cut_min, cut_max, seed):
+def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):
     """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its reasoning
-    (task.reasoning_end: the tokens before the final answer), so no prefix holds the answer.
-    Returns [(problem_id, prefix_ids)], drawn once, from their own seed, so every run sees the same."""
-    rng, by_id = np.random.default_rng(seed), {p.id: p for p in task.train}
+    (task.reasoning_end: the tokens before the answer first shows), so no prefix holds the answer.
+    Returns [(problem, prefix_ids)] for the problems with a trace, drawn once, from their own seed,
+    so every run sees the same."""
+    rng = np.random.default_rng(seed)
     out = []
-    for pid in sorted(traces):
-        ids = traces[pid].token_ids
-        reasoning = task.reasoning_end(by_id[pid], ids)
+    for p in sorted((p for p in problems if p.id in traces), key=lambda p: p.id):
+        ids = traces[p.id].token_ids
+        reasoning = task.reasoning_end(p, ids)
         for _ in range(n_cuts):
             cut = int(round(rng.uniform(cut_min, cut_max) * reasoning))
-            out.append((pid, ids[:cut]))
+            out.append((p, ids[:cut]))
     return out

@@ -34,7 +34,7 @@ def teacher_traces(tmp_path_factory):
         ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     path = str(tmp_path_factory.mktemp("traces") / "teacher.json")
-    utils.save_traces(path, {"source": "teacher"}, traces, float(len(traces)), {pid: 1 for pid in traces})
+    utils.save_traces(path, {"source": "teacher"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
     return path
 
 

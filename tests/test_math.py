@@ -64,7 +64,7 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
     utils_token_logprobs = utils.token_logprobs
     monkeypatch.setattr(utils, "token_logprobs", spy)
     advantages = torch.linspace(-1, 1, 8)
-    script.reinforce_backward(model, ids, attn, mask, advantages, 8, loss_agg)
+    script.reinforce_backward(model, ids, attn, mask, advantages, 8, loss_agg, 1.0)
     g = captured[0].grad
     assert torch.all(g[mask == 0] == 0)  # prompt, prefix and padding: exactly zero
     assert torch.all(g[(mask == 1) & (advantages[:, None] != 0)] != 0)  # every sampled token learns
@@ -77,7 +77,7 @@ def test_pad_tokens_do_not_change_the_gradient(script):
     for pad in [tasks.PAD, 7]:
         model = tiny_model()
         ids, attn, mask = utils.make_batch(contexts, responses, pad, "cpu")
-        script.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 8, "token")
+        script.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 8, "token", 1.0)
         out.append(grads(model))
     assert torch.equal(out[0], out[1])
 
@@ -91,7 +91,7 @@ def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
     out = []
     for micro in [8, 4, 2, 1]:
         model = tiny_model()
-        script.reinforce_backward(model, ids, attn, mask, advantages, micro, loss_agg)
+        script.reinforce_backward(model, ids, attn, mask, advantages, micro, loss_agg, 1.0)
         out.append(grads(model))
     for g in out[1:]:
         torch.testing.assert_close(g, out[0], rtol=1e-5, atol=1e-7)
@@ -107,22 +107,25 @@ def test_activation_checkpointing_leaves_the_gradient_unchanged():
         if checkpointing:
             models.enable_activation_checkpointing(model)
         assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
-        prefixrl.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 4, "token")
+        prefixrl.reinforce_backward(model, ids, attn, mask, torch.linspace(-1, 1, 8), 4, "token", 1.0)
         out.append(grads(model))
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
 
 
-def test_reinforce_gradient_matches_the_formula():
-    """Token-mean loss: grad = -(1/T) sum_i sum_t A_i grad log pi(y_it), T = sampled tokens."""
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_reinforce_gradient_matches_the_formula(script, temperature):
+    """Token-mean loss: grad = -(1/N) sum_i sum_t A_i grad log pi_T(y_it), N = sampled tokens, pi_T =
+    softmax(logits / T): the distribution the rollouts were sampled from."""
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     advantages = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    standard_rl.reinforce_backward(model, ids, attn, mask, advantages, 4, "token")
+    script.reinforce_backward(model, ids, attn, mask, advantages, 4, "token", temperature)
     got = grads(model)
     model.zero_grad()
     logits = model(ids, attention_mask=attn).logits[:, :-1]
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    logp = torch.log_softmax(logits / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
     (-(advantages[:, None] * logp * mask).sum() / mask.sum()).backward()
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
 
@@ -137,7 +140,7 @@ def test_equal_rewards_give_zero_advantage_and_zero_gradient(std_normalize):
     model = tiny_model()
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
-    standard_rl.reinforce_backward(model, ids, attn, mask, adv[:8], 8, "token")
+    standard_rl.reinforce_backward(model, ids, attn, mask, adv[:8], 8, "token", 1.0)
     assert torch.all(grads(model) == 0)
 
 
@@ -168,10 +171,10 @@ def toy_traces(task, problems):
 def test_prefixes_are_fixed_cuts_of_the_reasoning():
     task = tasks.make_toy_task(12, 1, 8, 40, 0, 0)
     traces = toy_traces(task, task.train)
-    cuts = utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0)
-    assert len(cuts) == 120 and cuts == utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0)
-    for pid, prefix in cuts:
-        full = traces[pid].token_ids
+    cuts = utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0)
+    assert len(cuts) == 120 and cuts == utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0)
+    for p, prefix in cuts:
+        full = traces[p.id].token_ids
         assert prefix == full[: len(prefix)] and tasks.EQUALS not in prefix  # never into the answer
         assert round(0.4 * 12) <= len(prefix) <= round(0.8 * 12)  # a fraction of the 12 values, not of all 17 tokens
     assert len({len(p) for _, p in cuts}) == 6  # really drawn, not one fixed fraction
@@ -182,11 +185,11 @@ def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_c
     trace: each of the 3 default cuts leaves at least one hard step to the policy, and the noisy
     teacher (what the base model imitates) continuing from an 80% prefix succeeds far less than always."""
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 12, 128, 0, 0)  # the scripts' default problems
-    traces, by_id = toy_traces(task, task.train), {p.id: p for p in task.train}
-    for pid, prefix in utils.cut_prefixes(task, traces, 3, 0.4, 0.8, seed=0):
-        family, x0, adds = by_id[pid].meta["params"]
-        x = ([x0] + tasks.toy_solve(by_id[pid].meta["params"])[0])[len(prefix)]
-        assert tasks.toy_solve((family, x, adds[len(prefix):]))[1] >= 1, pid
+    traces = toy_traces(task, task.train)
+    for p, prefix in utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0):
+        family, x0, adds = p.meta["params"]
+        x = ([x0] + tasks.toy_solve(p.meta["params"])[0])[len(prefix)]
+        assert tasks.toy_solve((family, x, adds[len(prefix):]))[1] >= 1, p.id
     rng, wins = np.random.default_rng(0), []
     for p in task.train:
         family, x0, adds = p.meta["params"]

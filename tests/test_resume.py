@@ -152,8 +152,8 @@ def test_signal_saves_a_checkpoint_and_resume_continues_exactly(script, extra, k
 def test_nan_gradient_stops_before_the_update_and_keeps_the_last_checkpoint(toy_cache, teacher_traces, tmp_path, monkeypatch, capsys):
     token_logprobs, calls = utils.token_logprobs, [0]
 
-    def poisoned(*a, **k):  # 2 micro-batches a step: step 3 gets NaN log-probs
-        calls[0] += 1
+    def poisoned(*a, **k):  # 2 micro-batches a step: step 3 gets NaN log-probs (the no-grad check at load is not a step)
+        calls[0] += torch.is_grad_enabled()
         logp, ent = token_logprobs(*a, **k)
         return (logp * float("nan"), ent) if calls[0] > 4 else (logp, ent)
 
@@ -292,7 +292,7 @@ def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
     assert "no correct trace found for any of 4 problems within --trace-budget 1; raise it or lower --hard-min" in err
     assert not os.path.exists(run_dir)
     empty = str(tmp_path / "empty.json")
-    utils.save_traces(empty, {"source": "nothing"}, {}, 0.0, {})
+    utils.save_traces(empty, {"source": "nothing"}, {}, {}, {})
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=empty, **dict(TINY, threads=1))))
     assert f"traces file '{empty}' holds no traces" in err and not os.path.exists(run_dir)
 

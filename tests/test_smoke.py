@@ -36,7 +36,7 @@ def test_smoke_run(script, toy_cache, teacher_traces, tmp_path):
     assert flops == sorted(flops) and flops[-1] > flops[0]
     if script is prefixrl:
         assert all("train/reward_prefixed" in r for r in train)
-        assert evals[0]["flops"] == 4.0  # the rejection-sampling offset: the teacher file's total_flops
+        assert evals[0]["flops"] == 4.0  # the rejection-sampling offset: the teacher file's FLOPs of these training problems
     else:
         assert evals[0]["flops"] == 0.0  # standard RL does not use the traces, so pays nothing for them
 

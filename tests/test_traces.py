@@ -13,25 +13,54 @@ from test_math import tiny_model
 def lenient_task():
     """The toy task with a reward that passes half the samples, so a random model finds traces."""
     task = tasks.make_toy_task(12, 1, 6, 6, 0, 0)
-    task.reward = lambda p, r: float(len(r) > 0 and r[0] % 2 == 0)
+    task.reward = lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0)
     task.max_new_tokens = 5
     return task
 
 
-def test_rejection_sampling_stops_at_first_success_and_counts_cost(tmp_path):
+def test_rejection_sampling_stops_at_first_success_and_charges_every_sample(tmp_path, monkeypatch):
     task, model = lenient_task(), tiny_model()
     path = str(tmp_path / "traces.json")
-    traces, total = utils.collect_traces(model, task, task.train, budget=20, temperature=1.0, seed=0, cache_path=path, batch_size=16, model_id="m")
+    drawn = {}  # problem id -> tokens of every sample drawn for it
+
+    def spy(model, prompts, *a, **k):
+        responses, logprobs = sample(model, prompts, *a, **k)
+        for prompt, r in zip(prompts, responses):
+            pid = next(p.id for p in task.train if p.prompt_ids == prompt)
+            drawn[pid] = drawn.get(pid, 0) + len(prompt) + len(r)
+        return responses, logprobs
+
+    sample = utils.sample
+    monkeypatch.setattr(utils, "sample", spy)
+    traces, total = utils.collect_traces(model, task, task.train, budget=20, temperature=0.7, seed=0, cache_path=path, batch_size=16, model_id="m")
     data = json.load(open(path))
     n_params = utils.count_params(model)
-    assert traces and total == sum(t.flops for t in traces.values()) + sum(
-        2 * n_params * (len(p.prompt_ids) + task.max_new_tokens) * data["attempts"][p.id] for p in task.train if p.id not in traces)
+    assert data["flops"] == {pid: 2 * n_params * d for pid, d in drawn.items()} and total == sum(data["flops"].values())
+    assert any(t.flops > 2 * n_params * t.attempts * (len(task.train[0].prompt_ids) + task.max_new_tokens) for t in traces.values())  # drawn after the success, charged
     for pid, t in traces.items():
-        assert task.reward(None, t.token_ids) == 1.0  # verified correct
-        assert 1 <= t.attempts <= 20 and data["attempts"][pid] == t.attempts  # nothing drawn past the success
+        assert task.reward(None, [], t.token_ids) == 1.0  # verified correct
+        assert 1 <= t.attempts <= 20 and data["attempts"][pid] == t.attempts  # attempts stop at the success
+        assert t.flops == data["flops"][pid] and t.temperature == 0.7
         assert len(t.behaviour_logprobs) == len(t.token_ids) and all(lp <= 0 for lp in t.behaviour_logprobs)
-        assert t.flops >= 2 * n_params * t.attempts * len(next(p for p in task.train if p.id == pid).prompt_ids)
     assert all(a == 20 for pid, a in data["attempts"].items() if pid not in traces)  # budget cap
+
+
+def test_traces_file_charges_only_the_training_problems(tmp_path):
+    """--traces FILE: the FLOPs of the problems used (found or not), not the file's whole total."""
+    task = lenient_task()
+    a, b, outside = task.train[0].id, task.train[1].id, "toy:elsewhere"
+    traces = {pid: utils.Trace(pid, [5, 6], "", 2, f, [-0.1, -0.1], 0.7) for pid, f in [(a, 10.0), (outside, 1000.0)]}
+    path = str(tmp_path / "traces.json")
+    utils.save_traces(path, {"source": "test"}, traces, {a: 2, b: 9, outside: 2}, {a: 10.0, b: 45.0, outside: 1000.0})
+    loaded, charged = utils.load_traces(path, problems=task.train)
+    assert set(loaded) == {a} and charged == 10.0 + 45.0 and loaded[a].temperature == 0.7
+    assert utils.load_traces(path)[1] == 1055.0
+    data = json.load(open(path))  # a v1 file: no per-problem FLOPs, no temperatures (all sampled at 1.0)
+    data.update(format="prefixrl-traces-v1", traces=[{k: v for k, v in t.items() if k != "temperature"} for t in data.pop("traces")])
+    del data["flops"]
+    json.dump(data, open(path, "w"))
+    loaded, charged = utils.load_traces(path, problems=task.train)
+    assert charged == 10.0 and loaded[a].temperature == 1.0
 
 
 def test_trace_cache_round_trips_and_rejects_foreign_files(tmp_path):
@@ -49,13 +78,31 @@ def test_trace_cache_round_trips_and_rejects_foreign_files(tmp_path):
         utils.load_traces(path)
 
 
-def test_sampling_log_probs_match_a_forward_pass():
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_log_probs_match_a_forward_pass(temperature):
+    """The log-probs sample() returns are log_softmax(model(...).logits / T) of one full forward, and
+    token_logprobs at T gives the same."""
     model, task = tiny_model(), lenient_task()
     prompts = [p.prompt_ids[: 3 + i] for i, p in enumerate(task.train) for _ in range(3)]  # repeats, ragged
-    responses, logprobs = utils.sample(model, prompts, 6, 1.0, task.eos_id, task.pad_id, torch.Generator().manual_seed(0))
+    responses, logprobs = utils.sample(model, prompts, 6, temperature, task.eos_id, task.pad_id, torch.Generator().manual_seed(0))
     assert len({tuple(r) for r in responses}) > len(task.train)  # rows of one prompt sample independently
     ids, attn, mask = utils.make_batch(prompts, responses, task.pad_id, "cpu")
     with torch.no_grad():
-        logp, _ = utils.token_logprobs(model, ids, attn)
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1] / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
+        logp, _ = utils.token_logprobs(model, ids, attn, temperature)
     flat = torch.tensor([lp for row in logprobs for lp in row])
+    torch.testing.assert_close(full[mask == 1], flat, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logp[mask == 1], flat, rtol=1e-4, atol=1e-5)
+
+
+def test_the_sampler_draws_from_softmax_at_the_temperature():
+    """Token frequencies over many rows match softmax(logits / T) (a chi-square-sized tolerance), the
+    same generator state gives the same tokens, and the returned log-probs are those of the tokens."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0, 0.5]]).repeat(40000, 1)
+    for temperature in [1.0, 0.5]:
+        token, logp = utils.draw(logits, temperature, torch.Generator().manual_seed(0))
+        want = torch.softmax(logits[0] / temperature, -1)
+        freq = torch.bincount(token, minlength=6).float() / len(token)
+        assert (freq - want).abs().max() < 4 * (want * (1 - want) / len(token)).sqrt().max() and freq[4] == 0
+        torch.testing.assert_close(logp, want.log()[token])
+        assert torch.equal(token, utils.draw(logits, temperature, torch.Generator().manual_seed(0))[0])
