@@ -1,10 +1,7 @@
 """Importance-weighted off-policy RL: the stored correct trace of each problem joins its group.
 
-Each group holds (rollouts - 1) on-policy rollouts plus the problem's correct trace from the base model
-pi_0 (rejection sampling, cost counted up front); advantage = reward - mean of the whole group. The
-trace's tokens enter the REINFORCE loss weighted by pi_theta / pi_behaviour, pi_behaviour = pi_0(y|x) /
-P(accept) (--ratio token|sequence, --clip C), or by LUFFY's policy shaping (--shaping GAMMA).
-train/reward_no_prefix, train/entropy and train/response_len are over the on-policy rollouts only.
+Each group: (rollouts - 1) on-policy rollouts plus the problem's trace from the base model pi_0, whose tokens
+are weighted by pi_theta / (pi_0 / P(accept)) (--ratio, --clip) or by LUFFY's shaping (--shaping GAMMA).
 """
 
 import math
@@ -56,7 +53,7 @@ class Args:
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 12
+    hard_max: int = 11
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""
@@ -73,15 +70,13 @@ class Args:
     traces: Optional[str] = None
     """use this traces file instead of collecting (e.g. traces from another model)"""
     ratio: Literal["token", "sequence"] = "token"
-    """importance weight of a trace token: token: pi_theta(y_t|.) / pi_b(y_t|.) (biased, the paper's);
-    sequence: pi_theta(y|x) / pi_b(y|x) on every token of the trace (unbiased but for the P(accept) plug-in; its
-    spread grows with the trace's length). README compares the four choices on the toy"""
+    """weight of a trace token: token: pi_theta(y_t|.) / pi_b(y_t|.) (biased, the paper's); sequence:
+    pi_theta(y|x) / pi_b(y|x) on every token (its spread grows with the trace's length)"""
     clip: Optional[float] = None
     """truncate every importance weight at this value (biased); default: no truncation"""
     shaping: Optional[float] = None
-    """LUFFY policy shaping with this gamma: the objective weight of a trace token is p / (p + gamma),
-    p = pi_theta(token) at --temperature (the policy that samples the group), instead of the ratio
-    (--ratio and --clip are then unused)"""
+    """LUFFY policy shaping with this gamma instead of the ratio: a trace token's objective is p / (p + gamma),
+    p = pi_theta(token) at --temperature"""
     accept_correction: bool = True
     """divide the behaviour density by P(accept) ~ 1/attempts (rejection sampling); off: pi_b = pi_0"""
     steps: int = 150
@@ -116,17 +111,11 @@ MAX_LOG_WEIGHT = 30.0  # exp(30) ~ 1e13: a sequence-level weight beyond this is 
 
 
 def trace_weights(logp, behaviour_logp, mask, log_accept, args):
-    """Per-token weights of the trace rows (shape of mask; 0 off the mask) and the largest raw log-weight.
-    logp: log pi_theta of the trace tokens at --temperature (the group's sampling distribution);
-    behaviour_logp: the log-probs stored when the trace was sampled, at its own temperature
-    (Trace.temperature), so at theta_0 the ratio is 1 exactly when the two temperatures agree.
-    Rejection sampling: an accepted trace has density pi_0(y|x) 1[correct] / P(accept), so the sequence
-    ratio is pi_theta(y|x) P(accept) / pi_0(y|x). P(accept) is unknown; the trace's attempts count is one
-    geometric draw with mean 1/P(accept), so log_accept = -log(attempts) (a crude, biased plug-in). The
-    token-level ratio spreads it evenly over the trace's L tokens (each gets P(accept)^(1/L)), so the
-    product of the token weights is the sequence weight. Weights are formed in log space and exp is
-    clamped at MAX_LOG_WEIGHT. With --shaping (LUFFY) the objective term is f(p) A, f(p) = p/(p+gamma),
-    whose gradient f'(p) p grad log p = f(p) gamma/(p+gamma) grad log p: that factor is the weight."""
+    """Per-token weights of the trace rows (0 off the mask) and the largest raw log-weight. logp: log pi_theta
+    at --temperature; behaviour_logp: stored at sampling, at the trace's own temperature. An accepted trace
+    has density pi_0(y|x) / P(accept), P(accept) ~ 1/attempts (a biased plug-in); token-level weights get
+    P(accept)^(1/L) each, so their product is the sequence weight. LUFFY: the objective f(p) A, f = p/(p+gamma),
+    has gradient f(p) gamma/(p+gamma) grad log p: that factor is the weight."""
     if args.shaping is not None:
         p = logp.exp()
         return p / (p + args.shaping) * args.shaping / (p + args.shaping) * mask, None
@@ -147,11 +136,11 @@ def trace_weights(logp, behaviour_logp, mask, log_accept, args):
 def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, token_weights=None, on_policy=None):
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
-    The per-token weights w (times `token_weights`, the importance weights) are fixed for the whole batch
-    first, so splitting changes nothing. Returns (mean policy entropy over sampled tokens of the
-    `on_policy` rows, train/grad_std): with K > 1 micro-batches, micro-batch k's gradient d_k times K is
-    an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
+    The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
+    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
+    micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
     grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    # here w also carries `token_weights` (the importance weights), and the entropy is over the `on_policy` rows
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
@@ -173,8 +162,6 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 def main(args: Args):
     args = utils.resume_args(args, "offpolicy_rl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
-    if args.clip is not None and args.clip <= 0 or args.shaping is not None and args.shaping <= 0:
-        raise utils.InputError(f"--clip and --shaping must be > 0, got {args.clip} and {args.shaping}")
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
@@ -227,8 +214,7 @@ def main(args: Args):
         rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
         on_policy = torch.tensor([j < args.rollouts - 1 for _ in batch for j in range(args.rollouts)], device=args.device)
 
-        # IMPORTANCE WEIGHTS of the trace tokens under the current policy (1 on on-policy tokens);
-        # behaviour log-probs are the ones stored when the trace was sampled, never recomputed
+        # IMPORTANCE WEIGHTS of the trace tokens (1 on on-policy tokens), from the stored behaviour log-probs
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         rows, mask = (~on_policy).nonzero()[:, 0], loss_mask[~on_policy]
         behaviour = torch.zeros_like(mask)
@@ -249,18 +235,16 @@ def main(args: Args):
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
 
-        # METRICS: FLOPs = 2·N·D sampling (the forward of the trace rows for their weights counts as
-        # sampling) + 6·N·D training, D = context + response tokens; rewards, lengths: on-policy rollouts
+        # METRICS: FLOPs = 2·N·D sampling (and the trace rows' weights) + 6·N·D training; on-policy rollouts
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)[:, :-1]
         trace_w = token_weights[rows][mask > 0]
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(groups.mean()),
-            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
-            "train/grad_std": grad_std, "train/max_is_weight": trace_w.max().item(), "train/min_is_weight": trace_w.min().item(),
-            "train/max_log_is_weight_raw": max_log_w, "train/entropy": entropy,
-            "train/response_len": float(np.mean([len(r) for r, on in zip(responses, on_policy) if on])),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
+            "train/max_is_weight": trace_w.max().item(), "train/min_is_weight": trace_w.min().item(), "train/max_log_is_weight_raw": max_log_w,
+            "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r, on in zip(responses, on_policy) if on])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM

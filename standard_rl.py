@@ -53,7 +53,7 @@ class Args:
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
-    hard_max: int = 12
+    hard_max: int = 11
     """toy task: most hard steps per problem"""
     n_train: int = 128
     """hard training problems drawn; the pool keeps those for which a trace was found"""

@@ -85,8 +85,8 @@ FAMILY_RULE, FAMILY_DECOY = _offsets[:, 0].tolist(), {"base": _offsets[:, 1].tol
 """family f's hard steps add FAMILY_RULE[f] more; its decoy, a plausible wrong rule, adds
 FAMILY_DECOY[teacher][f]. Three distinct offsets drawn at random per family, so nothing but the
 verifier tells which of the pair is right, and the rule of one family says nothing about another's"""
-RULES = f"families{FAMILIES}-rule-or-decoy-big{BIG}-p{TEACHER_P_CORRECT}-last-hard"
-"""names the toy's rules: part of the cache keys of the problems' traces and of the toy base models"""
+RULES = f"families{FAMILIES}-rule-or-decoy-big{BIG}-p{TEACHER_P_CORRECT}"
+"""names the toy's rules (the base models' teachers): part of the cache keys of the toy base models and of the traces"""
 
 
 def toy_tokenizer():
@@ -138,10 +138,12 @@ def random_params(rng, steps: int):
 def params_with_hard_steps(rng, steps: int, hard: int):
     """A problem of a uniform family with exactly `hard` hard steps: the last step, so that every
     prefix of the reasoning leaves one to do, and hard - 1 at positions drawn uniformly among the
-    others; b uniform among the big numbers there and the small ones elsewhere."""
+    middle ones; the first step is easy, since the base model, which learned it from another
+    attention pattern (x0 sits in the prompt), errs there in other ways than by its decoy. b is
+    uniform among the big numbers at hard steps and among the small ones elsewhere."""
     is_hard = np.zeros(steps, dtype=bool)
     if hard:
-        is_hard[rng.choice(steps - 1, hard - 1, replace=False)] = is_hard[-1] = True
+        is_hard[1 + rng.choice(steps - 2, hard - 1, replace=False)] = is_hard[-1] = True
     adds = [int(rng.integers(BIG, MOD)) if h else int(rng.integers(0, BIG)) for h in is_hard]
     return int(rng.integers(0, FAMILIES)), int(rng.integers(0, MOD)), adds
 
@@ -165,8 +167,8 @@ def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
     deterministically from `seed`; train and held-out are disjoint."""
-    if not 0 <= hard_min <= hard_max <= steps:
-        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps}, got {hard_min}..{hard_max}")
+    if not 0 <= hard_min <= hard_max <= steps - 1:
+        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
     for _ in range(100 * (n_train + n_heldout)):
@@ -183,7 +185,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "family": params[0], "params": params}))
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
-    spec = dict(task="toy", rules=RULES, steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+    spec = dict(task="toy", rules=RULES, draw="first-easy-last-hard", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],

@@ -138,6 +138,9 @@ def check_args(args):
         (args.micro_batch >= 1 and (args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
          f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}; give a divisor of {args.prompts_per_step * args.rollouts}"),
     ]
+    if hasattr(args, "shaping"):  # offpolicy_rl.py
+        checks.append((args.clip is None or args.clip > 0, f"--clip must be > 0, got {args.clip}"))
+        checks.append((args.shaping is None or args.shaping > 0, f"--shaping must be > 0, got {args.shaping}"))
     if hasattr(args, "cut_min"):
         checks.append((0 <= args.cut_min <= args.cut_max <= 1,
                        f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {args.cut_min}..{args.cut_max}"))

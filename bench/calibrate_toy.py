@@ -35,7 +35,7 @@ class Args:
     """numbers per problem"""
     hard_min: int = 11
     """fewest hard steps per problem"""
-    hard_max: int = 12
+    hard_max: int = 11
     """most hard steps per problem"""
     n_train: int = 128
     """training candidates"""

@@ -184,7 +184,7 @@ def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_c
     """Over every default training candidate (the pool is a subset), with its exact solution as the
     trace: each of the 3 default cuts leaves at least one hard step to the policy, and the noisy
     teacher (what the base model imitates) continuing from an 80% prefix succeeds far less than always."""
-    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 12, 128, 0, 0)  # the scripts' default problems
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 128, 0, 0)  # the scripts' default problems
     traces = toy_traces(task, task.train)
     for p, prefix in utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0):
         family, x0, adds = p.meta["params"]
@@ -228,7 +228,7 @@ def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
 
 def test_toy_problems_have_exactly_the_hard_steps_asked_for():
     rng = np.random.default_rng(0)
-    for length, hard in [(12, 0), (12, 1), (12, 7), (12, 12), (15, 11)]:
+    for length, hard in [(12, 0), (12, 1), (12, 7), (12, 11), (15, 14)]:
         for _ in range(20):
             params = tasks.params_with_hard_steps(rng, length, hard)
             assert len(params[2]) == length and tasks.toy_solve(params)[1] == hard
@@ -236,10 +236,10 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
         return tuple(b >= tasks.BIG for b in params[2])
 
     positions = [hard_positions(tasks.params_with_hard_steps(rng, 12, 4)) for _ in range(50)]
-    assert all(pos[-1] for pos in positions)  # the last step is always hard
+    assert all(pos[-1] and not pos[0] for pos in positions)  # the last step is always hard, the first never
     assert len(set(positions)) > 30  # the others at drawn positions, not a fixed pattern
-    with pytest.raises(utils.InputError, match="--hard-max <= 12, got 9..13"):
-        tasks.make_toy_task(12, 9, 13, 4, 4, 0)
+    with pytest.raises(utils.InputError, match=r"--hard-max <= 11 \(the first step is easy\), got 9..12"):
+        tasks.make_toy_task(12, 9, 12, 4, 4, 0)
 
 
 def test_toy_families_have_their_own_rules():
@@ -253,9 +253,9 @@ def test_toy_families_have_their_own_rules():
     rng = np.random.default_rng(0)
     for teacher in tasks.TEACHERS:
         for _ in range(300):
-            params = tasks.params_with_hard_steps(rng, 12, 12)
+            params = tasks.params_with_hard_steps(rng, 12, 11)
             values = tasks.toy_solve(params, rng, 0.5, teacher)[0]
             right = tasks.toy_solve(params)[0]
             assert (values[3::4] == right[3::4]) == (values == right)
-    task = tasks.make_toy_task(12, 11, 12, 128, 64, 0)
+    task = tasks.make_toy_task(12, 11, 11, 128, 64, 0)
     assert {p.meta["family"] for p in task.heldout} <= {p.meta["family"] for p in task.train}

@@ -147,7 +147,9 @@ def test_smoke_run(flags, toy_cache, teacher_traces, tmp_path):
 
 
 @pytest.mark.parametrize("script,flags,message", [
-    ("offpolicy_rl.py", ["--clip", "0"], "--clip and --shaping must be > 0"),
+    ("offpolicy_rl.py", ["--clip", "0"], "--clip must be > 0"),
+    ("offpolicy_rl.py", ["--shaping", "-1"], "--shaping must be > 0"),
+    ("sft_rl.py", ["--sft-val-fraction", "1"], "--sft-val-fraction must be in [0, 1)"),
     ("sft_rl.py", ["--sft-steps", "-1"], "--sft-steps must be >= 0"),
 ])
 def test_bad_input_stops_with_one_line(script, flags, message, tmp_path):

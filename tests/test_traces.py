@@ -106,3 +106,28 @@ def test_the_sampler_draws_from_softmax_at_the_temperature():
         assert (freq - want).abs().max() < 4 * (want * (1 - want) / len(token)).sqrt().max() and freq[4] == 0
         torch.testing.assert_close(logp, want.log()[token])
         assert torch.equal(token, utils.draw(logits, temperature, torch.Generator().manual_seed(0))[0])
+
+
+def test_the_other_family_collects_its_own_traces_for_the_same_problems(toy_cache, tmp_path, monkeypatch):
+    """reproduce.py's prefixrl_other_family traces: the toy-gpt2 base model (another architecture and
+    teacher) samples the problems that --extra gives; the file is keyed by that model, and a trace
+    sampled by it has the log-probs it had when sampled."""
+    import models
+    import reproduce
+
+    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0))  # finds traces fast
+    path = str(tmp_path / "other.json")
+    extra = f"--cache-dir {toy_cache} --toy-pretrain-steps 20 --hard-min 1 --hard-max 3 --n-train 4 --n-heldout 2 --trace-budget 8"
+    reproduce.collect_other_traces(path, extra)
+    with open(path) as f:
+        data = json.load(f)
+    model, _, model_id = models.load_model("toy-gpt2", toy_cache, "cpu", 20)
+    assert type(model).__name__ == "GPT2LMHeadModel" and data["key"]["model"] == model_id and "toy-gpt2" in model_id
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 1, 3, 4, 2, 0)
+    assert data["traces"] and {t["problem_id"] for t in data["traces"]} <= {p.id for p in task.train}
+    t = data["traces"][0]
+    p = next(p for p in task.train if p.id == t["problem_id"])
+    ids, attn, mask = utils.make_batch([p.prompt_ids], [t["token_ids"]], task.pad_id, "cpu")
+    with torch.no_grad():
+        logp = utils.token_logprobs(model, ids, attn)[0][mask > 0]
+    torch.testing.assert_close(logp, torch.tensor(t["behaviour_logprobs"]), rtol=0, atol=1e-5)
