@@ -1,8 +1,9 @@
 """Tasks: problems as token ids plus an outcome reward.
 
-The offline default is a procedurally generated "hard reasoning" toy (a running sum mod 11, 12 numbers)
-with its own word-level vocabulary; the toy base model is pretrained on traces of a *noisy teacher*
-that slips on hard steps, so the base model has a systematic weakness, as real LMs do.
+The offline default is a procedurally generated "hard reasoning" toy (running sums mod 11 of 12 numbers,
+in 22 families with rules of their own) with its own word-level vocabulary; the toy base model is
+pretrained on traces of a *noisy teacher* that, on hard steps, uses a decoy rule as often as the right
+one, so the base model has a systematic weakness, as real LMs do, and each family's is its own.
 
 For real (chat) LMs: built-in arithmetic / algebra word problems in 5 levels (make_arith_task) or
 your own problems (load_jsonl_task), rendered with the model's chat template and verified with
@@ -77,6 +78,7 @@ VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
 BIG = 6  # adding b >= BIG is a hard step: 5 of the 11 numbers
+MAX_TOY_LENGTH = 60  # prompt and solution (2L + 8 tokens) fit the toy base model's 128 positions
 TEACHERS = ("base", "other")
 """the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
 traces stand for another model family's (paper Fig. 10)"""
@@ -167,6 +169,8 @@ def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
     deterministically from `seed`; train and held-out are disjoint."""
+    if not 2 <= steps <= MAX_TOY_LENGTH:
+        raise InputError(f"--toy-length must be in 2..{MAX_TOY_LENGTH}, got {steps}")
     if not 0 <= hard_min <= hard_max <= steps - 1:
         raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)

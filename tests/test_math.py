@@ -240,6 +240,11 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
     assert len(set(positions)) > 30  # the others at drawn positions, not a fixed pattern
     with pytest.raises(utils.InputError, match=r"--hard-max <= 11 \(the first step is easy\), got 9..12"):
         tasks.make_toy_task(12, 9, 12, 4, 4, 0)
+    for length in (1, tasks.MAX_TOY_LENGTH + 1):  # refused before any pretraining
+        with pytest.raises(utils.InputError, match=f"--toy-length must be in 2..{tasks.MAX_TOY_LENGTH}, got {length}"):
+            tasks.make_toy_task(length, 0, 0, 4, 4, 0)
+        with pytest.raises(utils.InputError, match="--toy-length must be in"):
+            models.toy_model_dir("/nonexistent-cache", 20, 0, length=length)
 
 
 def test_toy_families_have_their_own_rules():
