@@ -52,7 +52,7 @@ class Args:
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 11
-    """toy task: fewest hard steps per problem (difficulty); see README for the stall setting"""
+    """toy task: fewest hard steps per problem (difficulty; the first step is always easy, the last hard)"""
     hard_max: int = 11
     """toy task: most hard steps per problem"""
     n_train: int = 128

@@ -925,8 +925,8 @@ def results_section(slabel, methods):
     lines += ["", "</details>", "", "### The paper's claims against these runs", ""]
     ends = sorted({d["final_step"] for rows in numbers.values() for d in rows if d["final_step"] is not None})
     if len(ends) > 1:
-        lines += [f"Note: the runs end at different steps ({', '.join(map(str, ends))}): runs still going or cut short; "
-                  "final values are not all at the same point of training.", ""]
+        lines += [f"Note: the runs end at different steps ({', '.join(map(str, ends))}): runs cut short, or run to another "
+                  "budget (reproduce.py runs standard RL to about PrefixRL's FLOPs); compare final values with that in mind.", ""]
     lines += ["Computed from the runs above by plot.py; the thresholds are stated with each measurement.", ""]
     cl = claims(methods)
     for claim, status, measured in cl:

@@ -3,6 +3,9 @@
     python bench/calibrate_toy.py                      # the "toy" base model on the default problems
     python bench/calibrate_toy.py --model toy-gpt2     # the other family's base model
 
+It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, --toy-pretrain-steps,
+--toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
+
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
 p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H. Wrong paths that still
@@ -11,7 +14,6 @@ end in the right answers are not counted, so the exact pass@1 is a lower bound o
 
 import os
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,36 +21,13 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
+import prefixrl  # noqa: E402
 import tasks  # noqa: E402
 import utils  # noqa: E402
 
 
-@dataclass
-class Args:
-    model: str = "toy"
-    """'toy' or 'toy-gpt2' (the cached base model; pretrained on first use)"""
-    cache_dir: str = "cache"
-    """where the base models are cached"""
-    toy_pretrain_steps: int = 1500
-    """pretraining steps of the base model (part of its cache key)"""
-    toy_length: int = tasks.TOY_LENGTH
-    """numbers per problem"""
-    hard_min: int = 11
-    """fewest hard steps per problem"""
-    hard_max: int = 11
-    """most hard steps per problem"""
-    n_train: int = 128
-    """training candidates"""
-    n_heldout: int = 64
-    """held-out problems"""
-    task_seed: int = 0
-    """seed of the problem draw"""
-    threads: int = 2
-    """torch CPU threads"""
-
-
 @torch.no_grad()
-def main(args: Args):
+def main(args: prefixrl.Args):
     torch.set_num_threads(args.threads)
     model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     model.eval()
@@ -59,12 +38,11 @@ def main(args: Args):
     logp, _ = utils.token_logprobs(model, ids, attn)
     by_family, easy, exact = {}, [], {}
     for i, p in enumerate(problems):
-        family, x, adds = p.meta["params"]
+        family, _, adds = p.meta["params"]
         start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
         for k, b in enumerate(adds):
             right = float(logp[i, start + k].exp())
             (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(right)
-            x = tasks.toy_solve((family, x, [b]))[0][0]
         exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
     print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
@@ -76,4 +54,4 @@ def main(args: Args):
 
 if __name__ == "__main__":
     with utils.clean_errors():
-        main(tyro.cli(Args))
+        main(tyro.cli(prefixrl.Args, description=__doc__))
