@@ -5,7 +5,7 @@ in 22 families with rules of their own) with its own word-level vocabulary; the 
 pretrained on traces of a *noisy teacher* that, on hard steps, uses a decoy rule as often as the right
 one, so the base model has a systematic weakness, as real LMs do, and each family's is its own.
 
-For real (chat) LMs: built-in arithmetic / algebra word problems in 5 levels (make_arith_task) or
+For real (chat) LMs: built-in arithmetic / algebra word problems in 6 levels (make_arith_task) or
 your own problems (load_jsonl_task), rendered with the model's chat template and verified with
 math-verify; retokenize_traces carries traces from another model family over to the policy.
 """

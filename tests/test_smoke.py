@@ -73,3 +73,18 @@ def test_prefixed_only_logs_accuracy_by_prefix_length(toy_cache, teacher_traces,
     for r in evals:
         assert all(0 <= r[f"eval/prefix@{f}_pass@1"] <= 1 for f in ("0.2", "0.4", "0.6", "0.8"))
     assert all(r["train/reward_no_prefix"] is None for r in read_metrics(run_dir) if "train/grad_norm" in r)
+
+
+def test_prefixrl_no_prefix_metrics_cover_the_original_groups_only(toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """With every prefixed rollout rewarded and every original one not, the no-prefix all-negative
+    fraction is 1 while the fraction over all groups is the original groups' share, 1 in 4."""
+    import tasks
+
+    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(len(prefix) > 0))
+    run_dir = str(tmp_path / "run")
+    prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **TINY))
+    train = [r for r in read_metrics(run_dir) if "train/grad_norm" in r]
+    for r in train:
+        assert r["train/all_negative_frac_no_prefix"] == 1.0 and r["train/all_negative_frac"] == 0.25
+        assert r["train/reward_no_prefix"] == 0.0 and r["train/reward_prefixed"] == 1.0
+        assert 0 < r["train/entropy_no_prefix"] and 0 < r["train/entropy"]
