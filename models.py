@@ -74,8 +74,7 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
 
 def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH, name: str = "toy") -> str:
     """The cached toy base model, pretrained on first use; keyed by its config, teacher, pretraining steps, seed and task length."""
-    if not 2 <= length <= tasks.MAX_TOY_LENGTH:
-        raise InputError(f"--toy-length must be in 2..{tasks.MAX_TOY_LENGTH}, got {length}")
+    tasks.check_toy_length(length)  # before any pretraining
     arch, teacher = TOY_MODELS[name]
     spec = dict(config=toy_config(arch).to_dict(), rules=tasks.RULES, teacher=teacher, steps=pretrain_steps, seed=seed, length=length)
     spec = json.dumps(spec, sort_keys=True)

@@ -166,11 +166,15 @@ def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
     return list(trace_ids).index(EQUALS) if EQUALS in trace_ids else len(trace_ids)
 
 
+def check_toy_length(steps: int):
+    if not 2 <= steps <= MAX_TOY_LENGTH:
+        raise InputError(f"--toy-length must be in 2..{MAX_TOY_LENGTH}, got {steps}")
+
+
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
     deterministically from `seed`; train and held-out are disjoint."""
-    if not 2 <= steps <= MAX_TOY_LENGTH:
-        raise InputError(f"--toy-length must be in 2..{MAX_TOY_LENGTH}, got {steps}")
+    check_toy_length(steps)
     if not 0 <= hard_min <= hard_max <= steps - 1:
         raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
     rng = np.random.default_rng(seed)
