@@ -133,30 +133,29 @@ def trace_weights(logp, behaviour_logp, mask, log_accept, args):
     return weights * mask, raw_max
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, token_weights=None, on_policy=None):
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, token_weights=None):
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
-    micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
-    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
-    # here w also carries `token_weights` (the importance weights), and the entropy is over the `on_policy` rows
+    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
+    K > 1 micro-batches, K times micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k
+    g_k = g = sum_k d_k), and train/grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2);
+    None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
-    weights = weights * advantages[:, None].to(weights) * (1.0 if token_weights is None else token_weights)
-    ent_mask = loss_mask if on_policy is None else loss_mask * on_policy[:, None].to(loss_mask)
-    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    weights = weights * advantages[:, None].to(weights) * (1.0 if token_weights is None else token_weights)  # and the importance weights
+    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
-        entropy += (ent * ent_mask[s : s + micro_batch]).sum().item()
+        entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
             flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
             sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
     grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
-    return entropy / ent_mask.sum().clamp(min=1).item(), grad_std
+    return entropy, grad_std
 
 
 def main(args: Args):
@@ -196,12 +195,9 @@ def main(args: Args):
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="off-policy RL", mininterval=2):
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
-            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
-            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
-                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
+            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
+            utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
@@ -230,7 +226,7 @@ def main(args: Args):
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         model.train()
         optimizer.zero_grad()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature, token_weights, on_policy)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature, token_weights)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
@@ -244,17 +240,14 @@ def main(args: Args):
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(groups.mean()),
             "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
             "train/max_is_weight": trace_w.max().item(), "train/min_is_weight": trace_w.min().item(), "train/max_log_is_weight_raw": max_log_w,
-            "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r, on in zip(responses, on_policy) if on])),
+            "train/entropy": float(entropy[on_policy.cpu()].sum() / loss_mask[on_policy].sum()),
+            "train/response_len": float(np.mean([len(r) for r, on in zip(responses, on_policy) if on])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-
-
-    # SUMMARY
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
-          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+    utils.print_summary(run_dir, evals, start)
 
 
 if __name__ == "__main__":

@@ -114,9 +114,10 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (policy entropy summed over each rollout's sampled tokens, train/grad_std): with K > 1 micro-batches, K times
-    micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
-    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
+    K > 1 micro-batches, K times micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k
+    g_k = g = sum_k d_k), and train/grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2);
+    None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
@@ -171,34 +172,31 @@ def main(args: Args):
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="PrefixRL", mininterval=2):
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
-            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
-            row = {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
-                   "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
+        if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
+            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
             for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the reasoning
                 contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * task.reasoning_end(p, traces[p.id].token_ids))] for p in originals]
-                row[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts)[0][1]
-            utils.log_metrics(run_dir, row)
+                evals[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts)[0][1]
+            utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
-        # ROLLOUTS: n per prompt, from a 3:1 mix of prefixed and original problems; a prefixed prompt
-        # is the problem's prompt extended by the prefix, which the policy continues
+        # ROLLOUTS: n per prompt, from a 3:1 mix of prefixed and original problems
         model.eval()
         batch = [prefixed[i] for i in rng.choice(len(prefixed), n_prefixed, replace=len(prefixed) < n_prefixed)]
         n_original = args.prompts_per_step - n_prefixed
         batch += [(originals[i], []) for i in rng.choice(len(originals), n_original, replace=len(originals) < n_original)]
         batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
+        # a prefixed prompt is the problem's prompt extended by the prefix, which the policy continues
         contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
         responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
         # the answer must be the response's own: the prefix is cut before the trace's answer and never scored
         rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
 
-        # REINFORCE: advantage = reward - group mean; the prefix is context, so the loss mask starts
-        # right after it: no gradient flows through tokens the policy did not sample
+        # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
+        # THE PREFIX MASK: loss_mask is 1 on the response tokens only and 0 on the context (prompt + prefix) and
+        # pads, so no gradient flows through the prefix: the policy learns only from tokens it sampled itself
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
         optimizer.zero_grad()
@@ -212,27 +210,22 @@ def main(args: Args):
         flops += 8 * n_params * tokens
         all_negative = np.array(rewards).reshape(-1, args.rollouts).max(1) == 0
         group_prefixed = np.array([len(prefix) > 0 for _, prefix in batch])
-        has_prefix, tokens_per_row = np.repeat(group_prefixed, args.rollouts), loss_mask.sum(1).cpu()
-        original_rows = torch.from_numpy(~has_prefix)  # the no-prefix metrics compare like with like with standard RL's
+        has_prefix = np.repeat(group_prefixed, args.rollouts)  # the no-prefix metrics compare like with like with standard RL's
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
             "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])),
             "train/all_negative_frac": float(all_negative.mean()),
             "train/all_negative_frac_no_prefix": float(all_negative[~group_prefixed].mean()) if n_original else None,
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
-            "train/entropy": float(entropy.sum() / tokens_per_row.sum()),
-            "train/entropy_no_prefix": float(entropy[original_rows].sum() / tokens_per_row[original_rows].sum()) if n_original else None,
+            "train/entropy": float(entropy.sum() / loss_mask.sum()),
+            "train/entropy_no_prefix": float(entropy[~has_prefix].sum() / loss_mask.sum(1).cpu()[~has_prefix].sum()) if n_original else None,
             "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-
-
-    # SUMMARY
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
-          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+    utils.print_summary(run_dir, evals, start)
 
 
 if __name__ == "__main__":

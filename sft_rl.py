@@ -1,19 +1,8 @@
 """SFT+RL: supervised fine-tuning on the full correct off-policy traces, then standard on-policy RL.
 
-Phase 1 (SFT): next-token cross-entropy on the trace tokens only (prompt and padding are masked), a
-token mean over the batch, own optimizer and flags (--sft-steps, --sft-lr, --sft-batch). Early stopping,
-as a practitioner would: --sft-val-fraction of the traces are held out of SFT, and SFT stops at the first
-evaluation whose validation NLL (`sft/val_nll`) is not below the best before it. Phase 2 (RL):
-the loop of standard_rl.py unchanged, with a fresh optimizer, on the same pool of problems.
-
-Metrics rows. SFT rows carry `sft_step` (0..sft_steps) and no `step`: `sft/loss` and `sft/trace_entropy`
-(teacher-forced, on the trace tokens) every SFT step, and every --eval-every SFT steps (and at 0 and at
-the end) `train/entropy` and `sft/reward_no_prefix` measured on a batch of fresh rollouts exactly as the
-RL loop measures them (prompts_per_step x rollouts at the training temperature, entropy over sampled
-tokens) but without a gradient step, so the entropy collapse after SFT (paper Fig. 11) shows on the same
-metric as in RL. RL rows carry `step` numbered exactly as in standard_rl.py (0..steps), so `step` is
-monotone over the whole run and RL steps compare across scripts. `flops` is monotone over every row:
-rejection sampling + 6·N·D per SFT step, then the RL FLOPs; the measurement rollouts are not charged.
+SFT: next-token loss on the trace tokens only, with its own optimizer and flags (--sft-*), stopped as a
+practitioner would: at the first evaluation whose NLL on held-out traces is not below the best before it.
+RL: the loop of standard_rl.py, with a fresh optimizer. SFT's metrics rows carry `sft_step`, not `step`.
 """
 
 import math
@@ -84,8 +73,7 @@ class Args:
     sft_steps: int = 200
     """most SFT gradient steps on the full traces before RL (0 = plain standard RL, traces still charged)"""
     sft_val_fraction: float = 0.1
-    """share of the traces held out of SFT to stop it early: SFT ends at the first evaluation (every
-    --eval-every SFT steps) whose validation NLL is not below the best before it (0 = all --sft-steps)"""
+    """share of the traces held out to stop SFT at its first evaluation (every --eval-every SFT steps) whose NLL on them is not below the best (0: all --sft-steps)"""
     sft_lr: float = 3e-4
     """AdamW learning rate of SFT"""
     sft_batch: int = 32
@@ -119,17 +107,14 @@ class Args:
 
 
 def sft_backward(model, ids, attn, loss_mask, micro_batch):
-    """Accumulate the gradient of the SFT loss  -(1/T) sum_i,t m_it log pi(y_it), T = sum m, over
-    micro-batches; m = loss_mask is 1 on trace tokens only, so prompt and padding get no gradient.
-    Returns (loss, mean policy entropy on the trace tokens)."""
-    weights = loss_mask / loss_mask.sum()
-    loss, entropy = 0.0, 0.0
+    """Accumulate the gradient of the SFT loss  -(1/T) sum_i,t m_it log pi(y_it), T = sum m, over micro-batches;
+    m = loss_mask is 1 on trace tokens only. Returns (loss, mean policy entropy on the trace tokens)."""
+    weights, loss, entropy = loss_mask / loss_mask.sum(), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch])
         micro_loss = -(weights[s : s + micro_batch] * logp).sum()
         micro_loss.backward()
-        loss += micro_loss.item()
-        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+        loss, entropy = loss + micro_loss.item(), entropy + (ent * loss_mask[s : s + micro_batch]).sum().item()
     return loss, entropy / loss_mask.sum().item()
 
 
@@ -144,17 +129,16 @@ def validation_nll(model, task, problems, traces, args):
 
 @torch.no_grad()
 def rollout_entropy(model, task, problems, args, rng, generator):
-    """train/entropy as the RL loop measures it, without a gradient step: the mean policy entropy over
-    the sampled tokens of prompts_per_step x rollouts fresh rollouts. Returns (entropy, mean reward)."""
+    """train/entropy as the RL loop measures it (mean entropy over the sampled tokens of prompts_per_step x
+    rollouts fresh rollouts), without a gradient step and not charged in FLOPs. Returns (entropy, mean reward)."""
+    model.eval()
     batch = [problems[i] for i in rng.choice(len(problems), args.prompts_per_step, replace=len(problems) < args.prompts_per_step)]
     contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
     responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
     rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
     ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
-    entropy = 0.0
-    for s in range(0, len(ids), args.micro_batch):
-        _, ent = utils.token_logprobs(model, ids[s : s + args.micro_batch], attn[s : s + args.micro_batch], args.temperature)
-        entropy += (ent * loss_mask[s : s + args.micro_batch]).sum().item()
+    entropy = sum((utils.token_logprobs(model, ids[s : s + args.micro_batch], attn[s : s + args.micro_batch], args.temperature)[1]
+                   * loss_mask[s : s + args.micro_batch]).sum().item() for s in range(0, len(ids), args.micro_batch))
     return entropy / loss_mask.sum().item(), float(np.mean(rewards))
 
 
@@ -162,35 +146,30 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, micro-batch
-    k's gradient d_k times K is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
-    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
+    K > 1 micro-batches, K times micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k
+    g_k = g = sum_k d_k), and train/grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2);
+    None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
-        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+        entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
             flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
             sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
     grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
-    return entropy / loss_mask.sum().item(), grad_std
+    return entropy, grad_std
 
 
 def main(args: Args):
     args = utils.resume_args(args, "sft_rl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
-    for ok, msg in [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
-                    (0 <= args.sft_val_fraction < 1, f"--sft-val-fraction must be in [0, 1), got {args.sft_val_fraction}"),
-                    (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
-                    (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]:
-        if not ok:
-            raise utils.InputError(msg)
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
@@ -214,23 +193,22 @@ def main(args: Args):
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
     run_dir = utils.start_run(args, "sft_rl")
 
-    # SFT: next-token loss on the full correct traces (loss on trace tokens only); rows carry sft_step.
-    # As a practitioner would, a share of the traces is held out and SFT stops when their NLL stops falling
-    order = np.random.default_rng(args.seed).permutation(len(originals))
-    n_val = min(round(args.sft_val_fraction * len(originals)), len(originals) - 1)
-    val, sft_pool = [originals[i] for i in order[:n_val]], [originals[i] for i in order[n_val:]]
+    # TRAINING
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sft_optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)  # RL's; AdamW makes its state at the first step
     state = dict(model=model, sft_optimizer=sft_optimizer, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
     first, phase, flops, best_nll = ckpt.begin(state, phase="sft", flops=flops, best_nll=math.inf)  # --resume: the last checkpoint's
+
+    # SFT: next-token loss on the full traces (trace tokens only), stopped when the held-out traces' NLL stops falling
+    order = np.random.default_rng(args.seed).permutation(len(originals))
+    n_val = min(round(args.sft_val_fraction * len(originals)), len(originals) - 1)
+    val, sft_pool = [originals[i] for i in order[:n_val]], [originals[i] for i in order[n_val:]]
     for sft_step in tqdm(range(first if phase == "sft" else args.sft_steps + 1, args.sft_steps + 1), desc="SFT", mininterval=2):
-        if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:
-            model.eval()
+        if sft_step % args.eval_every == 0 or sft_step == args.sft_steps:  # EVALUATION and early stopping
             entropy, reward = rollout_entropy(model, task, originals, args, rng, generator)
             val_nll = validation_nll(model, task, val, traces, args) if val else None
-            utils.log_metrics(run_dir, {"sft_step": sft_step, "flops": flops, "train/entropy": entropy, "sft/reward_no_prefix": reward,
-                                        "sft/val_nll": val_nll})
+            utils.log_metrics(run_dir, {"sft_step": sft_step, "flops": flops, "train/entropy": entropy, "sft/reward_no_prefix": reward, "sft/val_nll": val_nll})
             if val_nll is not None and val_nll >= best_nll:
                 print(f"SFT stopped at step {sft_step}: validation NLL {val_nll:.4f} >= its best {best_nll:.4f}")
                 break
@@ -247,19 +225,15 @@ def main(args: Args):
         ckpt.check_finite(f"SFT step {sft_step + 1}", loss=loss, grad_norm=grad_norm)
         sft_optimizer.step()
         flops += 6 * n_params * sum(len(c) + len(t) for c, t in zip(contexts, targets))  # training only: 6·N·D
-        utils.log_metrics(run_dir, {"sft_step": sft_step + 1, "flops": flops, "sft/loss": loss,
-                                    "sft/trace_entropy": trace_entropy, "sft/grad_norm": grad_norm})
+        utils.log_metrics(run_dir, {"sft_step": sft_step + 1, "flops": flops, "sft/loss": loss, "sft/trace_entropy": trace_entropy, "sft/grad_norm": grad_norm})
         ckpt.save(state, sft_step + 1, phase="sft", flops=flops, best_nll=best_nll)
 
-    # TRAINING
+    # RL: the loop of standard_rl.py
     start = time.time()
     for step in tqdm(range(first if phase == "rl" else 0, args.steps + 1), desc="SFT+RL", mininterval=2):
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
-            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
-            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
-                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
+            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
+            utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
@@ -286,18 +260,14 @@ def main(args: Args):
         groups = np.array(rewards).reshape(-1, args.rollouts)
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
-            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm,
-            "train/grad_std": grad_std, "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
+            "train/entropy": float(entropy.sum() / loss_mask.sum()), "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, phase="rl", flops=flops, best_nll=best_nll)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-
-
-    # SUMMARY
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
-          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+    utils.print_summary(run_dir, evals, start)
 
 
 if __name__ == "__main__":

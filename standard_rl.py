@@ -101,24 +101,25 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (mean policy entropy over sampled tokens, train/grad_std): with K > 1 micro-batches, K times
-    micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k g_k = g = sum_k d_k), and
-    grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2); None when K = 1."""
+    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
+    K > 1 micro-batches, K times micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k
+    g_k = g = sum_k d_k), and train/grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2);
+    None when K = 1."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, n_micro, sq_norms, prev = 0.0, math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
-        entropy += (ent * loss_mask[s : s + micro_batch]).sum().item()
+        entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
             flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
             sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
     grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
-    return entropy / loss_mask.sum().item(), grad_std
+    return entropy, grad_std
 
 
 def main(args: Args):
@@ -155,12 +156,9 @@ def main(args: Args):
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="standard RL", mininterval=2):
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            train_pass, _ = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator)
-            heldout_pass, _ = utils.evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
-            utils.log_metrics(run_dir, {"step": step, "flops": flops, "eval/train_pass@1": train_pass[1],
-                                        "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)})
+        if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
+            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
+            utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
@@ -188,17 +186,13 @@ def main(args: Args):
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
             "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
-            "train/entropy": entropy, "train/response_len": float(np.mean([len(r) for r in responses])),
+            "train/entropy": float(entropy.sum() / loss_mask.sum()), "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-
-
-    # SUMMARY
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {train_pass[1]:.3f}, held-out pass@1 "
-          f"{heldout_pass[1]:.3f}, pass@8 {heldout_pass.get(8, float('nan')):.3f}; metrics in {run_dir}/metrics.jsonl")
+    utils.print_summary(run_dir, evals, start)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,11 @@ def check_args(args):
     if hasattr(args, "shaping"):  # offpolicy_rl.py
         checks.append((args.clip is None or args.clip > 0, f"--clip must be > 0, got {args.clip}"))
         checks.append((args.shaping is None or args.shaping > 0, f"--shaping must be > 0, got {args.shaping}"))
+    if hasattr(args, "sft_steps"):  # sft_rl.py
+        checks += [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
+                   (0 <= args.sft_val_fraction < 1, f"--sft-val-fraction must be in [0, 1), got {args.sft_val_fraction}"),
+                   (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
+                   (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]
     if hasattr(args, "cut_min"):
         checks.append((0 <= args.cut_min <= args.cut_max <= 1,
                        f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {args.cut_min}..{args.cut_max}"))
@@ -319,6 +324,22 @@ def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contex
         p = problems[i // n]
         counts[i // n] += int(task.reward(p, ctx[len(p.prompt_ids):], resp) > 0)
     return {k: float(np.mean([pass_at_k(n, c, k) for c in counts])) for k in ks if k <= n}, counts
+
+
+def eval_pass_rates(model, task, problems, args, generator):
+    """The scripts' evaluation, always without prefix: pass@1 on `problems` (the training pool), pass@1 and
+    pass@8 on the held-out problems, from --eval-samples samples per problem at --eval-temperature."""
+    model.eval()
+    train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator)
+    heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+    return {"eval/train_pass@1": train_pass[1], "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
+
+
+def print_summary(run_dir, evals, start):
+    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are."""
+    pass8 = float("nan") if evals["eval/heldout_pass@8"] is None else evals["eval/heldout_pass@8"]
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, held-out pass@1 "
+          f"{evals['eval/heldout_pass@1']:.3f}, pass@8 {pass8:.3f}; metrics in {run_dir}/metrics.jsonl")
 
 
 def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):
