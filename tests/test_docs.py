@@ -1,0 +1,69 @@
+"""The teaching pages are generated from the code and must be current: docs/worked-example.md and docs/diffs.md."""
+
+import importlib.util
+import itertools
+import os
+import random
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+    """A script of docs/, which is not a package."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "docs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+worked_example, diffs = load("worked_example"), load("diffs")
+
+
+def test_worked_example_page_is_current():
+    with open(worked_example.OUT) as f:
+        assert worked_example.render() == f.read(), "docs/worked-example.md is out of date: run python docs/worked_example.py --write"
+
+
+def test_diffs_page_is_current():
+    with open(diffs.OUT) as f:
+        assert diffs.render() == f.read(), "docs/diffs.md is out of date: run python docs/diffs.py"
+
+
+def test_each_diff_against_standard_rl_stays_small():
+    base = diffs.read(diffs.BASE).splitlines()
+    for script in diffs.SCRIPTS:
+        changed = sum(tag != " " for tag, _ in diffs.shortest_diff(base, diffs.read(script).splitlines()))
+        assert changed <= diffs.MAX_CHANGED, f"diff {diffs.BASE} {script}: {changed} changed lines, more than {diffs.MAX_CHANGED}"
+
+
+def test_a_hunk_without_a_note_stops_the_page():
+    texts = {name: diffs.read(name) for name in (diffs.BASE, *diffs.SCRIPTS)}
+    assert texts["prefixrl.py"].count("        optimizer.step()\n") == 1
+    texts["prefixrl.py"] = texts["prefixrl.py"].replace("        optimizer.step()\n", "        optimizer.step()\n        print('a change no note describes')\n")
+    with pytest.raises(diffs.NoteError, match="prefixrl.py hunk .* has no note"):
+        diffs.render(texts)
+
+
+def test_a_note_whose_phrase_left_the_diff_stops_the_page():
+    texts = {name: diffs.read(name) for name in (diffs.BASE, *diffs.SCRIPTS)}
+    texts["prefixrl.py"] = texts["prefixrl.py"].replace("# THE PREFIX MASK:", "# THE MASK:")
+    with pytest.raises(diffs.NoteError, match="'THE PREFIX MASK' matches no hunk"):
+        diffs.render(texts)
+
+
+def test_shortest_diff_turns_a_into_b_with_the_fewest_changed_lines():
+    rng = random.Random(0)
+    for _ in range(200):
+        a, b = ([rng.choice("xyz") for _ in range(rng.randint(0, 7))] for _ in range(2))
+        ops = diffs.shortest_diff(a, b)
+        assert [line for tag, line in ops if tag != "+"] == a and [line for tag, line in ops if tag != "-"] == b
+        # the longest common subsequence by brute force: the kept lines can be no more
+        longest = max(k for k in range(len(a) + 1) for sub in itertools.combinations(a, k) if is_subsequence(sub, b))
+        assert sum(tag == " " for tag, _ in ops) == longest
+
+
+def is_subsequence(sub, seq):
+    it = iter(seq)
+    return all(x in it for x in sub)
