@@ -44,8 +44,8 @@ def table(rows):
 
 
 def teacher_rollout(problem, prefix, rng):
-    """Stand-in for a base-model sample: the noisy teacher it was pretrained on, which on a hard step adds its
-    family's rule or its decoy equally often (the base model: 0.49 / 0.51), continuing after the prefix."""
+    """Stand-in for a base-model sample: the noisy teacher it was pretrained on, continuing after the prefix.
+    On a hard step it adds its family's rule or its decoy equally often (the base model: the rule 0.49 of the time)."""
     family, x0, adds = problem.meta["params"]
     written = [int(w) for w in words(prefix)]
     values, _ = tasks.toy_solve((family, written[-1] if written else x0, adds[len(written):]), rng, tasks.TEACHER_P_CORRECT)
