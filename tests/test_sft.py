@@ -2,13 +2,11 @@
 
 import math
 
-import pytest
 import torch
 
 import models
 import sft_rl
 import tasks
-import test_math
 import utils
 from conftest import SMOKE_TASK, read_metrics
 from test_math import grads, random_batch, tiny_model
@@ -57,13 +55,6 @@ def test_sft_loss_is_the_token_mean_cross_entropy_on_trace_tokens():
     expected.backward()
     assert math.isclose(loss, expected.item(), rel_tol=1e-5)
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
-
-
-@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
-def test_rl_phase_loss_is_standard_rl(loss_agg, monkeypatch):
-    test_math.test_prefix_and_pad_tokens_get_exactly_zero_gradient(sft_rl, loss_agg, monkeypatch)
-    test_math.test_micro_batches_leave_the_gradient_unchanged(sft_rl, loss_agg)
-    test_math.test_pad_tokens_do_not_change_the_gradient(sft_rl)
 
 
 def test_smoke_run(toy_cache, teacher_traces, tmp_path):
