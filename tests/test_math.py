@@ -50,7 +50,7 @@ def test_loss_mask_covers_exactly_the_sampled_tokens():
         assert attn[i].sum() == len(c) + len(r)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])
 def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monkeypatch):
     model = tiny_model()
@@ -73,7 +73,7 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
     assert torch.all(g[(mask == 1) & (advantages[:, None] != 0)] != 0)  # every sampled token learns
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 def test_pad_tokens_do_not_change_the_gradient(script):
     contexts, responses = random_batch()
     out = []
@@ -85,7 +85,7 @@ def test_pad_tokens_do_not_change_the_gradient(script):
     assert torch.equal(out[0], out[1])
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])
 def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
     contexts, responses = random_batch()
@@ -115,7 +115,7 @@ def test_activation_checkpointing_leaves_the_gradient_unchanged():
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])
 @pytest.mark.parametrize("std_normalize", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
