@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SKIP = shutil.ignore_patterns(".git", ".venv", "venv", "cache", "runs", "repro*", "figures", "__pycache__", ".pytest_cache", "*.pyc")
+SKIP = shutil.ignore_patterns(".git", ".venv", "venv", "cache", "runs", "repro", "figures", "__pycache__", ".pytest_cache", "*.pyc")
 
 
 @dataclass
