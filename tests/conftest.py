@@ -16,9 +16,10 @@ SMOKE_TASK = dict(hard_min=1, hard_max=4, n_train=4, n_heldout=4, task_seed=0)
 
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
-    """A cache dir holding a barely pretrained toy base model (20 steps): enough to run the code."""
+    """A cache dir holding a barely pretrained toy base model (20 steps): enough to run the code.
+    $PREFIXRL_TEST_CACHE names one to reuse (tests/mutation.py gives all its pytest runs the same)."""
     torch.set_num_threads(2)
-    cache = str(tmp_path_factory.mktemp("cache"))
+    cache = os.environ.get("PREFIXRL_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
     models.toy_model_dir(cache, pretrain_steps=20, seed=0)
     return cache
 

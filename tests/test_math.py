@@ -1,6 +1,7 @@
 """The math of the loss, advantages, pass@k and prefixes."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -9,12 +10,14 @@ import torch
 from transformers import LlamaForCausalLM
 
 import models
+import offpolicy_rl
 import prefixrl
+import sft_rl
 import standard_rl
 import tasks
 import utils
 
-SCRIPTS = [standard_rl, prefixrl]
+SCRIPTS = [standard_rl, prefixrl, sft_rl, offpolicy_rl]  # each has its own copy of reinforce_backward
 
 
 def tiny_model(seed=0):
@@ -47,7 +50,7 @@ def test_loss_mask_covers_exactly_the_sampled_tokens():
         assert attn[i].sum() == len(c) + len(r)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])
 def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monkeypatch):
     model = tiny_model()
@@ -70,7 +73,7 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
     assert torch.all(g[(mask == 1) & (advantages[:, None] != 0)] != 0)  # every sampled token learns
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 def test_pad_tokens_do_not_change_the_gradient(script):
     contexts, responses = random_batch()
     out = []
@@ -82,7 +85,7 @@ def test_pad_tokens_do_not_change_the_gradient(script):
     assert torch.equal(out[0], out[1])
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 @pytest.mark.parametrize("loss_agg", ["token", "sequence"])
 def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
     contexts, responses = random_batch()
@@ -112,21 +115,41 @@ def test_activation_checkpointing_leaves_the_gradient_unchanged():
     torch.testing.assert_close(out[1], out[0], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+@pytest.mark.parametrize("std_normalize", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_reinforce_gradient_matches_the_formula(script, temperature):
-    """Token-mean loss: grad = -(1/N) sum_i sum_t A_i grad log pi_T(y_it), N = sampled tokens, pi_T =
-    softmax(logits / T): the distribution the rollouts were sampled from."""
+def test_reinforce_gradient_matches_the_formula(script, loss_agg, std_normalize, temperature):
+    """The scripts' advantages and loss, against the objective written out here:
+    A_i = r_i - mean of its group (divided by the group's sample std + 1e-6 with --std-normalize);
+    token:    grad = -(1/N) sum_i sum_t w_it A_i grad log pi_T(y_it), N = sampled tokens of the batch;
+    sequence: grad = -(1/B) sum_i (1/L_i) sum_t w_it A_i grad log pi_T(y_it), L_i = row i's sampled tokens;
+    pi_T = softmax(logits / T), the distribution the rollouts were sampled from; w = 1, except for
+    off-policy RL's importance weights (given here: 1 on the on-policy rows, drawn on each group's last)."""
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
-    advantages = torch.linspace(-1, 1, 8)
+    rewards = [1, 0, 0, 0, 1, 1, 0, 0]  # two groups of 4, with different stds
+    r = np.array(rewards, dtype=float).reshape(2, 4)
+    a = r - r.mean(1, keepdims=True)
+    if std_normalize:
+        a = a / (r.std(1, ddof=1, keepdims=True) + 1e-6)
+    expected_adv = torch.tensor(a.reshape(-1), dtype=torch.float32)
+    w, extra = torch.ones_like(mask), {}
+    if script is offpolicy_rl:
+        w[[3, 7]] = 0.2 + torch.rand(2, mask.shape[1], generator=torch.Generator().manual_seed(1))
+        extra = dict(token_weights=w, on_policy=torch.tensor([j < 3 for _ in range(2) for j in range(4)]))
     model = tiny_model()
-    script.reinforce_backward(model, ids, attn, mask, advantages, 4, "token", temperature)
+    script.reinforce_backward(model, ids, attn, mask, utils.group_advantages(rewards, 4, std_normalize), 4, loss_agg, temperature, **extra)
     got = grads(model)
     model.zero_grad()
     logits = model(ids, attention_mask=attn).logits[:, :-1]
     logp = torch.log_softmax(logits / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
-    (-(advantages[:, None] * logp * mask).sum() / mask.sum()).backward()
+    per_token = w * expected_adv[:, None] * logp * mask
+    if loss_agg == "token":
+        loss = -per_token.sum() / mask.sum()
+    else:
+        loss = -(per_token.sum(1) / mask.sum(1)).mean()
+    loss.backward()
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
 
 
@@ -160,6 +183,55 @@ def test_pass_at_k_matches_brute_force(n, c, k):
 def test_pass_at_k_refuses_k_above_n():
     with pytest.raises(ValueError, match="1 <= k <= n"):
         utils.pass_at_k(3, 0, 8)  # undefined: no 8 of 3 samples
+
+
+def scripted_evaluation(monkeypatch, task, correct):
+    """utils.sample replaced by a script: the j-th sample drawn from a context is [j], and the verifier
+    passes it iff j < correct[problem id]: so a problem gets exactly that many correct samples. Returns
+    the list the verifier's calls (problem id, prefix, response) are appended to."""
+    calls = []
+
+    def sample(model, prompts, *a, **k):
+        drawn = {}
+        out = []
+        for prompt in prompts:
+            drawn[tuple(prompt)] = drawn.get(tuple(prompt), -1) + 1
+            out.append([drawn[tuple(prompt)]])
+        return out, [[-1.0] for _ in out]
+
+    def reward(p, prefix, response):
+        calls.append((p.id, list(prefix), list(response)))
+        return float(response[0] < correct[p.id])
+
+    monkeypatch.setattr(utils, "sample", sample)
+    task.reward = reward
+    return calls
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_evaluate_counts_each_problems_correct_samples_and_averages_pass_at_k(with_prefix, monkeypatch):
+    task = tasks.make_toy_task(12, 1, 4, 4, 0, 0)
+    correct = dict(zip([p.id for p in task.train], [0, 3, 8, 1]))
+    calls = scripted_evaluation(monkeypatch, task, correct)
+    prefixes = [[tasks.WORD_ID[str(i)]] * (i + 1) for i in range(4)] if with_prefix else [[]] * 4
+    contexts = [p.prompt_ids + prefix for p, prefix in zip(task.train, prefixes)] if with_prefix else None
+    passk, counts = utils.evaluate(None, task, task.train, 8, 0.7, None, ks=(1, 2, 8, 16), contexts=contexts)
+    assert counts == [0, 3, 8, 1]
+    assert set(passk) == {1, 2, 8}  # k > n samples is not defined
+    for k in passk:  # the mean over problems of 1 - C(n-c, k) / C(n, k)
+        assert math.isclose(passk[k], np.mean([1 - math.comb(8 - c, k) / math.comb(8, k) for c in counts]), abs_tol=1e-12)
+    # every sample scored for its own problem, with the context beyond the prompt as the prefix
+    assert calls == [(p.id, prefix, [j]) for p, prefix in zip(task.train, prefixes) for j in range(8)]
+
+
+def test_save_final_eval_writes_the_counts_of_the_pool_and_of_the_heldout_problems(monkeypatch, tmp_path):
+    task = tasks.make_toy_task(12, 1, 4, 3, 2, 0)
+    correct = dict(zip([p.id for p in task.train + task.heldout], [2, 0, 5, 7, 1]))
+    calls = scripted_evaluation(monkeypatch, task, correct)
+    utils.save_final_eval(str(tmp_path), None, task, task.train[1:], 8, 0.7, None)  # the pool: problems with a trace
+    with open(tmp_path / "final_eval.json") as f:
+        assert json.load(f) == dict(n=8, temperature=0.7, train_counts=[0, 5], heldout_counts=[7, 1])
+    assert all(prefix == [] for _, prefix, _ in calls)  # no prefix
 
 
 def toy_traces(task, problems):

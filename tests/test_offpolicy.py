@@ -12,7 +12,6 @@ import torch
 import offpolicy_rl
 import sft_rl
 import tasks
-import test_math
 import utils
 from conftest import read_metrics
 from test_math import grads, random_batch, tiny_model
@@ -120,14 +119,6 @@ def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, mi
     expected = (estimates - estimates.mean(0)).pow(2).sum(1).mean().sqrt().item()
     assert math.isclose(got, expected, rel_tol=1e-4) and got > 0
     assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 8, "token", 1.0)[1] is None  # one micro-batch
-
-
-# the loss-masking and micro-batching tests of standard_rl / prefixrl, on this script's REINFORCE loss
-@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
-def test_reinforce_loss_masks_and_micro_batches_like_standard_rl(loss_agg, monkeypatch):
-    test_math.test_prefix_and_pad_tokens_get_exactly_zero_gradient(offpolicy_rl, loss_agg, monkeypatch)
-    test_math.test_micro_batches_leave_the_gradient_unchanged(offpolicy_rl, loss_agg)
-    test_math.test_pad_tokens_do_not_change_the_gradient(offpolicy_rl)
 
 
 @pytest.mark.parametrize("flags", [{}, dict(ratio="sequence", clip=5.0), dict(shaping=0.1)])

@@ -73,8 +73,12 @@ def write_run(root, method, seed):
         text += '{"step": 21, "flo'  # a run being written ends in a partial line
     (d / "metrics.jsonl").write_text(text)
     counts = [min(N_FINAL, int(N_FINAL * SPEC[method][2] * (i + 1) / 8) + seed - 1) for i in range(8)]
-    (d / "final_eval.json").write_text(json.dumps({"n": N_FINAL, "step": STEPS, "heldout_counts": counts, "train_counts": counts[::-1]}))
+    (d / "final_eval.json").write_text(json.dumps({"n": N_FINAL, "step": STEPS, "heldout_counts": counts, "train_counts": train_counts(counts)}))
     return counts
+
+
+def train_counts(heldout_counts):
+    return [min(N_FINAL, 2 * c + 1) for c in heldout_counts[::-1]]  # other numbers than held-out's
 
 
 def expected(vals):
@@ -100,19 +104,70 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     counts = {(m, s): write_run(root, m, s) for m in SPEC for s in SEEDS}
     out = tmp_path_factory.mktemp("figs")
-    assert plot.main(plot.Args(runs=(str(root),), out=str(out))) == 0
-    return root, out, counts
+    figures, finish = {}, plot.finish
+
+    def keep(plt, fig, axes, title, path, note=None):  # the figures' drawn data, read back by the tests
+        figures[os.path.basename(path)] = (fig, list(np.ravel(axes)))
+        return finish(plt, fig, axes, title, path, note)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "finish", keep)
+        assert plot.main(plot.Args(runs=(str(root),), out=str(out))) == 0
+    return root, out, counts, figures
 
 
-def test_every_figure_and_results(synthetic):
-    root, out, _ = synthetic
-    for name in ["fig1_reward_vs_flops", "fig2_passk_heldout", "fig3_entropy", "fig4_grad_norm_std", "fig5_prefix_length", "fig6_all_negative"]:
-        assert (out / f"{name}.png").stat().st_size > 10_000, name
+def drawn(ax):
+    """{legend label: (x, y)} of an axis' labelled lines."""
+    return {line.get_label(): (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+            for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def seeds_label(method):
+    return f"{SPEC[method][4]} ({len(SEEDS)} seeds)"
+
+
+def test_every_figure_draws_the_files_numbers(synthetic):
+    """Each PNG is an image of its figure; the curves are the numbers in the run dirs, averaged over seeds."""
+    import matplotlib.image
+
+    _, out, counts, figures = synthetic
+    names = ["fig1_reward_vs_flops", "fig2_passk_heldout", "fig3_entropy", "fig4_grad_norm_std", "fig5_prefix_length", "fig6_all_negative"]
+    assert sorted(figures) == sorted(f"{n}.png" for n in names)
+    for name, (fig, _) in figures.items():
+        width, height = fig.get_size_inches() * 110
+        assert matplotlib.image.imread(out / name).shape[:2] == (round(height), round(width)), name
+    evals = range(0, STEPS + 1, EVERY)
+    (train_ax, _, heldout_ax) = figures["fig1_reward_vs_flops.png"][1]
+    for m, (_, _, _, offset, _) in SPEC.items():  # eval pass@1 against FLOPs: rejection sampling and SFT included
+        flops = [offset + (10 * 1e10 if m == "sft" else 0) + t * step_flops(m) for t in evals]
+        acc = [np.mean([train_acc(m, s, t) for s in SEEDS]) for t in evals]
+        for ax, scale in [(train_ax, 1.0), (heldout_ax, 0.5)]:
+            x, y = drawn(ax)[seeds_label(m)]
+            np.testing.assert_allclose(x, flops, rtol=1e-12)
+            np.testing.assert_allclose(y, np.array(acc) * scale, rtol=1e-12)
+    for ax, key in zip(figures["fig2_passk_heldout.png"][1], ["heldout_counts", "train_counts"]):  # pass@k from final_eval.json
+        for m in SPEC:
+            per_seed = [counts[m, s] if key == "heldout_counts" else train_counts(counts[m, s]) for s in SEEDS]
+            want = [np.mean([np.mean([passk(N_FINAL, c, k) for c in cs]) for cs in per_seed]) for k in range(1, N_FINAL + 1)]
+            x, y = drawn(ax)[seeds_label(m)]
+            assert x.tolist() == list(range(1, N_FINAL + 1))
+            np.testing.assert_allclose(y, want, rtol=1e-12)
+    x, y = drawn(figures["fig5_prefix_length.png"][1][0])[seeds_label("only")]  # step 0, by prefix length
+    assert x.tolist() == [0, 0.2, 0.4, 0.6, 0.8]
+    np.testing.assert_allclose(y, [np.mean([min(1.0, train_acc("only", s, 0) + f / 2) for s in SEEDS]) for f in x], rtol=1e-12)
+    x, y = drawn(figures["fig6_all_negative.png"][1][0])[seeds_label("rl8")]  # rolling mean of 9 steps, centred
+    raw = np.array([1.0 if step < 5 else 0.3 for step in range(STEPS)])
+    assert x.tolist() == list(range(1, STEPS + 1))
+    np.testing.assert_allclose(y, [raw[max(0, i - 4) : i + 5].mean() for i in range(STEPS)], rtol=1e-12)
+    no_prefix = f"{SPEC['pre'][4]} (no-prefix rollouts) ({len(SEEDS)} seeds)"
+    for name in ["fig3_entropy.png", "fig6_all_negative.png"]:  # every method, and PrefixRL's no-prefix rollouts apart
+        assert {seeds_label(m) for m in SPEC} | {no_prefix} <= set(drawn(figures[name][1][0])), name
+    assert {seeds_label(m) for m in ("rl8", "rl64", "sft", "off", "pre", "only")} <= set(drawn(figures["fig4_grad_norm_std.png"][1][0]))
     assert (out / "results.md").exists() and (out / "results.json").exists()
 
 
 def test_results_numbers_match_the_files(synthetic):
-    _, out, counts = synthetic
+    _, out, counts, _ = synthetic
     rows = table_rows((out / "results.md").read_text())
     assert set(rows) == {spec[4] for spec in SPEC.values()}
     target = np.mean([train_acc("sft", s, STEPS) for s in SEEDS])
@@ -135,7 +190,7 @@ def test_results_numbers_match_the_files(synthetic):
 
 
 def test_claims_are_computed(synthetic):
-    _, out, _ = synthetic
+    _, out, _, _ = synthetic
     md = (out / "results.md").read_text()
     final = {SPEC[m][4]: np.mean([train_acc(m, s, STEPS) for s in SEEDS]) for m in SPEC}
     order = ", ".join(f"{lab} {final[lab]:.3f}" for lab in ["RL n=8", "RL n=64", "SFT+RL", "PrefixRL"])

@@ -361,6 +361,8 @@ class FakeChatTokenizer:
 def test_one_prefixrl_step_on_smollm2(smollm2, tmp_path, monkeypatch):
     """The script itself, end to end on the real LM: arith task, a traces file, tiny lengths."""
     import copy
+    import itertools
+    import math
 
     import prefixrl
     from conftest import read_metrics
@@ -375,11 +377,15 @@ def test_one_prefixrl_step_on_smollm2(smollm2, tmp_path, monkeypatch):
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.5] * len(ids))
     path = str(tmp_path / "traces.json")
     utils.save_traces(path, {"source": "test"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
+    verify, flip = tasks.math_verify_correct, itertools.cycle([True, False])
+    # math-verify runs on every response, but the rewards alternate: each group of 2 has a success and a failure
+    monkeypatch.setattr(tasks, "math_verify_correct", lambda gold, text: (verify(gold, text), next(flip))[1])
     args = prefixrl.Args(model="smollm2-135m", task="arith", level=1, n_train=2, n_heldout=2, traces=path, steps=1,
                          prompts_per_step=2, rollouts=2, micro_batch=2, max_new_tokens=6, eval_samples=2, eval_every=1,
                          threads=1, run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
     prefixrl.main(args)
     rows = read_metrics(args.run_dir)
     train = [r for r in rows if "train/grad_norm" in r]
-    assert len(train) == 1 and train[0]["train/grad_norm"] >= 0 and train[0]["train/response_len"] <= 6
+    assert len(train) == 1 and train[0]["train/response_len"] <= 6
+    assert 0 < train[0]["train/grad_norm"] < math.inf  # rewards 1 and 0 in each group: the step has a gradient
     assert [r["step"] for r in rows if "eval/heldout_pass@1" in r] == [0, 1]

@@ -2,13 +2,11 @@
 
 import math
 
-import pytest
 import torch
 
 import models
 import sft_rl
 import tasks
-import test_math
 import utils
 from conftest import SMOKE_TASK, read_metrics
 from test_math import grads, random_batch, tiny_model
@@ -59,14 +57,8 @@ def test_sft_loss_is_the_token_mean_cross_entropy_on_trace_tokens():
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
-def test_rl_phase_loss_is_standard_rl(loss_agg, monkeypatch):
-    test_math.test_prefix_and_pad_tokens_get_exactly_zero_gradient(sft_rl, loss_agg, monkeypatch)
-    test_math.test_micro_batches_leave_the_gradient_unchanged(sft_rl, loss_agg)
-    test_math.test_pad_tokens_do_not_change_the_gradient(sft_rl)
-
-
-def test_smoke_run(toy_cache, teacher_traces, tmp_path):
+def test_smoke_run(toy_cache, teacher_traces, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(r[0] % 2 == 0))  # groups of mixed rewards: a gradient
     run_dir = str(tmp_path / "run")
     args = sft_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, sft_steps=4, sft_batch=4, **{**TINY, "threads": 1})
     sft_rl.main(args)
@@ -81,7 +73,7 @@ def test_smoke_run(toy_cache, teacher_traces, tmp_path):
     assert all(r["train/entropy"] > 0 for r in sft if "train/entropy" in r)
     assert [r["step"] for r in train] == [1, 2, 3] and [r["step"] for r in evals] == [0, 2, 3]
     for r in train:
-        assert all(k in r for k in TRAIN_KEYS) and r["train/grad_std"] >= 0  # 0 when every advantage is 0
+        assert all(k in r for k in TRAIN_KEYS) and r["train/grad_std"] > 0 and r["train/grad_norm"] > 0  # 2 micro-batches
     assert all(0 <= r[k] <= 1 for r in evals for k in EVAL_KEYS)
     flops = [r["flops"] for r in rows]
     assert flops == sorted(flops) and flops[0] == 4.0  # the rejection-sampling offset, then SFT's 6·N·D

@@ -56,14 +56,22 @@ def test_bad_input_stops_with_one_line(flags, message, tmp_path):
 
 
 @pytest.mark.parametrize("script", [standard_rl, prefixrl])
-def test_final_eval_counts_for_pass_at_k(script, toy_cache, teacher_traces, tmp_path):
+def test_final_eval_counts_for_pass_at_k(script, toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """final_eval.json: per problem of the pool (the problems with a trace) and of the held-out set, how
+    many of 64 samples passed. With a verifier that passes every response to some problems and none to
+    the others, the counts are 64 and 0."""
     import json
 
+    import tasks
+
+    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(p.meta["family"] % 2 == 0))
     run_dir = str(tmp_path / "run")
     script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "steps": 1}))
     final = json.load(open(os.path.join(run_dir, "final_eval.json")))
-    assert final["n"] == 64 and len(final["heldout_counts"]) == SMOKE_TASK["n_heldout"]
-    assert all(0 <= c <= 64 for c in final["train_counts"] + final["heldout_counts"])
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, *(SMOKE_TASK[k] for k in ("hard_min", "hard_max", "n_train", "n_heldout", "task_seed")))
+    train, heldout = ([64 * (p.meta["family"] % 2 == 0) for p in problems] for problems in (task.train, task.heldout))
+    assert final == dict(n=64, temperature=script.Args.eval_temperature, train_counts=train, heldout_counts=heldout)
+    assert 0 < sum(final["train_counts"] + final["heldout_counts"]) < 64 * 8  # both kinds of problem are there
 
 
 def test_prefixed_only_logs_accuracy_by_prefix_length(toy_cache, teacher_traces, tmp_path):

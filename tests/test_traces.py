@@ -1,5 +1,6 @@
 """Rejection sampling and the trace cache."""
 
+import dataclasses
 import json
 
 import pytest
@@ -18,31 +19,42 @@ def lenient_task():
     return task
 
 
-def test_rejection_sampling_stops_at_first_success_and_charges_every_sample(tmp_path, monkeypatch):
+def test_rejection_sampling_stops_at_first_success_caps_the_budget_and_charges_every_sample(tmp_path, monkeypatch):
+    """Scripted samples: problem 0 passes at its 1st sample, 1 at its 13th (several rounds of batches),
+    2 never (it exhausts the budget of 20), 3 at its 20th (the last the budget allows). The j-th sample
+    of a problem is [5 + j] plus j % 3 tokens, with log-prob -(j + 1)/100 per token."""
     task, model = lenient_task(), tiny_model()
-    path = str(tmp_path / "traces.json")
-    drawn = {}  # problem id -> tokens of every sample drawn for it
+    problems = task.train[:4]
+    success_at = dict(zip([p.id for p in problems], [1, 13, None, 20]))
+    drawn = {p.id: [] for p in problems}  # every sample drawn, per problem
+    owner = {tuple(p.prompt_ids): p.id for p in problems}
 
-    def spy(model, prompts, *a, **k):
-        responses, logprobs = sample(model, prompts, *a, **k)
-        for prompt, r in zip(prompts, responses):
-            pid = next(p.id for p in task.train if p.prompt_ids == prompt)
-            drawn[pid] = drawn.get(pid, 0) + len(prompt) + len(r)
+    def sample(model, prompts, *a, **k):
+        responses, logprobs = [], []
+        for prompt in prompts:
+            j = len(drawn[owner[tuple(prompt)]])
+            responses.append([5 + j] + [5] * (j % 3))
+            logprobs.append([-(j + 1) / 100] * len(responses[-1]))
+            drawn[owner[tuple(prompt)]].append(responses[-1])
         return responses, logprobs
 
-    sample = utils.sample
-    monkeypatch.setattr(utils, "sample", spy)
-    traces, total = utils.collect_traces(model, task, task.train, budget=20, temperature=0.7, seed=0, cache_path=path, batch_size=16, model_id="m")
+    monkeypatch.setattr(utils, "sample", sample)
+    task.reward = lambda p, prefix, r: float(r[0] - 4 == success_at[p.id])  # the sample's number, from 1
+    path = str(tmp_path / "traces.json")
+    traces, total = utils.collect_traces(model, task, problems, budget=20, temperature=0.7, seed=0, cache_path=path, batch_size=16, model_id="m")
     data = json.load(open(path))
-    n_params = utils.count_params(model)
-    assert data["flops"] == {pid: 2 * n_params * d for pid, d in drawn.items()} and total == sum(data["flops"].values())
-    assert any(t.flops > 2 * n_params * t.attempts * (len(task.train[0].prompt_ids) + task.max_new_tokens) for t in traces.values())  # drawn after the success, charged
+    n_params, found = utils.count_params(model), {pid for pid, s in success_at.items() if s}
+    assert set(traces) == found
+    prompt_len = {p.id: len(p.prompt_ids) for p in problems}
+    charged = {pid: 2 * n_params * sum(prompt_len[pid] + len(r) for r in rs) for pid, rs in drawn.items()}
+    assert data["flops"] == charged and total == sum(charged.values())  # the failed problem's samples too
+    assert {pid: len(rs) for pid, rs in drawn.items() if success_at[pid] is None} == {problems[2].id: 20}  # budget cap
+    assert data["attempts"] == {pid: s or 20 for pid, s in success_at.items()}  # attempts stop at the success
+    assert len(drawn[problems[0].id]) > 1  # samples drawn in the same batch after the success are charged
     for pid, t in traces.items():
-        assert task.reward(None, [], t.token_ids) == 1.0  # verified correct
-        assert 1 <= t.attempts <= 20 and data["attempts"][pid] == t.attempts  # attempts stop at the success
-        assert t.flops == data["flops"][pid] and t.temperature == 0.7
-        assert len(t.behaviour_logprobs) == len(t.token_ids) and all(lp <= 0 for lp in t.behaviour_logprobs)
-    assert all(a == 20 for pid, a in data["attempts"].items() if pid not in traces)  # budget cap
+        j = success_at[pid] - 1
+        assert t.token_ids == drawn[pid][j] and t.behaviour_logprobs == [-(j + 1) / 100] * len(t.token_ids)
+        assert t.attempts == success_at[pid] and t.flops == charged[pid] and t.temperature == 0.7
 
 
 def test_traces_file_charges_only_the_training_problems(tmp_path):
@@ -63,19 +75,35 @@ def test_traces_file_charges_only_the_training_problems(tmp_path):
     assert charged == 10.0 and loaded[a].temperature == 1.0
 
 
-def test_trace_cache_round_trips_and_rejects_foreign_files(tmp_path):
+def test_trace_cache_round_trips_and_rejects_foreign_or_truncated_files(tmp_path, monkeypatch):
     task, model = lenient_task(), tiny_model()
     path = str(tmp_path / "traces.json")
     first = utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="m")
+    monkeypatch.setattr(utils, "sample", lambda *a, **k: pytest.fail("sampled again instead of reading the cache"))
     again = utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="m")
-    assert first == again  # read back from disk, equal field by field
-    with pytest.raises(utils.InputError, match="different model"):
-        utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="other")
+    assert first == again and first[0]  # read back from disk, equal field by field
     with pytest.raises(utils.InputError, match="other problems"):
         utils.load_traces(path, problems=tasks.make_toy_task(12, 1, 6, 6, 0, 99).train)
-    open(path, "w").write(open(path).read()[:50])  # truncated
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])  # truncated: a run killed while writing it without write_atomic
     with pytest.raises(utils.InputError, match="unreadable"):
-        utils.load_traces(path)
+        utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="m")
+
+
+@pytest.mark.parametrize("field", ["model", "task", "budget", "temperature", "seed", "problems"])
+def test_trace_cache_made_with_another_setting_is_refused(field, tmp_path):
+    """Every field of the cache key: a file collected with another value of any one is refused, naming it."""
+    task, model = lenient_task(), tiny_model()
+    path = str(tmp_path / "traces.json")
+    key = dict(task=task, problems=task.train, budget=20, temperature=1.0, seed=0, model_id="m")
+    utils.collect_traces(model, key["task"], key["problems"], key["budget"], key["temperature"], key["seed"], path, batch_size=16, model_id="m")
+    other = dict(model=dict(model_id="other"), task=dict(task=dataclasses.replace(task, fingerprint="other")), budget=dict(budget=21),
+                 temperature=dict(temperature=0.7), seed=dict(seed=1), problems=dict(problems=task.train[:-1]))[field]
+    key.update(other)
+    with pytest.raises(utils.InputError, match=f"collected for a different {field}; "):
+        utils.collect_traces(model, key["task"], key["problems"], key["budget"], key["temperature"], key["seed"], path, batch_size=16,
+                             model_id=key["model_id"])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
