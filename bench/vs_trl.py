@@ -18,7 +18,7 @@ What differs between the two steps besides the trainer around them:
   rows, then draws by inverse CDF; TRL calls transformers' generate on all 128 rows (each prompt
   prefilled 8 times) with its logits processors;
 - the loss: standard_rl.py recomputes the lm head in the backward pass (a chunk of positions at a time)
-  and computes train/grad_std (a float64 copy of all gradients after each micro-batch); TRL's fused head
+  and computes train/grad_std (per-parameter norms of the gradient after each micro-batch); TRL's fused head
   computes log-probs and entropies in tiles;
 - the optimizer is the same on both sides: torch AdamW, weight decay 0.01 on every parameter, not fused
   (scale/grpo.py's setting; TRL's own defaults would be fused AdamW without weight decay).

@@ -171,12 +171,15 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
 
 
 def main(args: Args):
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
     from transformers import TrainerCallback
 
     meta = read_export(args.data)
     torch.set_num_threads(args.threads)
     args.seed = meta["args"]["seed"] if args.seed is None else args.seed
-    args.run_dir = utils.start_run(args, "grpo")
+    run_dir = [utils.start_run(args, "grpo") if PartialState().is_main_process else None]
+    args.run_dir = broadcast_object_list(run_dir)[0]  # the main process's, on every process
     n_params, trace_flops = meta["n_params"], meta["trace_flops"]
     start = time.time()
 

@@ -1,5 +1,5 @@
 """scale/: the exported mixture and TRL's GRPOTrainer set to the scripts' objective. Needs the optional
-extra (pip install -r scale/requirements.txt); skipped without it."""
+extra (pip install -r scale/requirements.txt: TRL, datasets, tensorboard); skipped without it."""
 
 import dataclasses
 import json
@@ -11,6 +11,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
+pytest.importorskip("tensorboard")
 
 import models  # noqa: E402
 import prefixrl  # noqa: E402
@@ -18,6 +19,7 @@ import standard_rl  # noqa: E402
 import tasks  # noqa: E402
 import utils  # noqa: E402
 from conftest import SMOKE_TASK, read_metrics  # noqa: E402
+from test_smoke import rows_as_scalars, tensorboard_scalars  # noqa: E402
 from scale import export, grpo  # noqa: E402
 
 TINY = dict(steps=2, prompts_per_step=4, rollouts=4, micro_batch=8, eval_every=1, eval_samples=4, threads=2, toy_pretrain_steps=20, **SMOKE_TASK)
@@ -163,8 +165,9 @@ def test_rows_whose_text_does_not_give_their_ids_are_given_as_ids(toy_cache, tea
 def test_trl_smoke_run_logs_the_scripts_metrics(toy_cache, teacher_traces, tmp_path):
     ex = make_export(tmp_path / "data", toy_cache, teacher_traces, steps=3)
     run_dir = str(tmp_path / "trl")
-    grpo.main(grpo.Args(data=ex.out, run_dir=run_dir, cache_dir=toy_cache, eval_every=2, threads=2))
+    grpo.main(grpo.Args(data=ex.out, run_dir=run_dir, cache_dir=toy_cache, eval_every=2, threads=2, tensorboard=True))
     rows = read_metrics(run_dir)
+    assert tensorboard_scalars(os.path.join(run_dir, "tensorboard")) == rows_as_scalars(rows, "step")  # the same rows
     train = [r for r in rows if "train/grad_norm" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
     for r in train:
