@@ -1,7 +1,7 @@
 """Train on an exported mixture (scale/export.py) with TRL's GRPOTrainer, set to the scripts' objective.
 
     python scale/export.py --out data/toy-prefixrl && python scale/grpo.py --data data/toy-prefixrl
-    accelerate launch --num-processes 8 scale/grpo.py --data DIR --use-vllm     # several GPUs, vLLM sampling
+    accelerate launch --num_processes 8 scale/grpo.py --data DIR --use-vllm     # several GPUs, vLLM sampling
 
 The objective is prefixrl.py's (and standard_rl.py's): REINFORCE with a group-mean baseline (advantage =
 reward - group mean, no std scaling: scale_rewards="none"), no KL term (beta = 0), one optimizer step per
@@ -158,15 +158,18 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
 
     # EXACT TOKENS: TRL samples from the ids its tokenizer gives each prompt's text; they must be the
     # row's prompt_ids (prompt + prefix). Where some text does not give them back, TRL gets the ids
-    got, _, _ = trainer._tokenize_prompts(list(train["prompt"]))
-    off = sum(list(g) != list(w) for g, w in zip(got, train["prompt_ids"]))
+    texts, want = [], []
+    for rows in (train, heldout) if heldout is not None else (train,):
+        texts, want = texts + list(rows["prompt"]), want + list(rows["prompt_ids"])
+    got, _, _ = trainer._tokenize_prompts(texts)
+    off = sum(list(g) != list(w) for g, w in zip(got, want))
     if off:
         ids_of = {}
-        for text, ids in zip(train["prompt"], train["prompt_ids"]):
+        for text, ids in zip(texts, want):
             if ids_of.setdefault(text, ids) != ids:
                 raise utils.InputError(f"{args.data}: two rows share the text {text[:40]!r}... but not the ids; TRL cannot be given both")
         trainer._tokenize_prompts = lambda prompts: ([ids_of[p] for p in prompts], None, {})
-        print(f"the text of {off}/{len(train)} rows does not re-tokenize to its prompt_ids: TRL is given the ids")
+        print(f"the text of {off}/{len(texts)} rows does not re-tokenize to its prompt_ids: TRL is given the ids")
     return trainer, task, model_id
 
 
