@@ -89,11 +89,20 @@ def read_export(path):
     return meta
 
 
+def require_extra():
+    try:
+        import datasets
+        import trl
+    except ImportError as e:
+        raise utils.InputError(f"scale/grpo.py needs the optional extra ({e.name} is missing): pip install -r scale/requirements.txt") from None
+    return datasets, trl
+
+
 def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     """The GRPOTrainer of this export, configured to the scripts' objective, its task and run dir."""
-    import datasets
     from accelerate import PartialState
-    from trl import GRPOConfig, GRPOTrainer
+
+    datasets, trl = require_extra()
 
     ex = meta["args"]  # the export's flags: the task, the objective's settings
     seed = ex["seed"] if args.seed is None else args.seed
@@ -136,7 +145,7 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
 
     # THE OBJECTIVE
     ga = batch // (micro * n_proc)
-    config = GRPOConfig(
+    config = trl.GRPOConfig(
         output_dir=args.run_dir, seed=seed, max_steps=steps, learning_rate=args.lr or ex["lr"], lr_scheduler_type="constant",
         warmup_steps=0, optim="adamw_torch", weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_grad_norm=args.grad_clip or ex["grad_clip"], per_device_train_batch_size=micro, gradient_accumulation_steps=ga,
@@ -148,7 +157,7 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
         eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every or None, eval_on_start=args.eval_every > 0, per_device_eval_batch_size=n,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=config, train_dataset=train, eval_dataset=heldout,
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=verifier, args=config, train_dataset=train, eval_dataset=heldout,
                           processing_class=tokenizer, callbacks=list(callbacks), **trainer_kwargs)
     # weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the scripts (the
     # Trainer would spare biases and norm weights)
@@ -178,6 +187,7 @@ def main(args: Args):
     from accelerate.utils import broadcast_object_list
     from transformers import TrainerCallback
 
+    require_extra()
     meta = read_export(args.data)
     torch.set_num_threads(args.threads)
     args.seed = meta["args"]["seed"] if args.seed is None else args.seed
