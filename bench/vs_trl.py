@@ -26,6 +26,7 @@ What differs between the two steps besides the trainer around them:
 
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -149,6 +150,7 @@ def main(args: Args):
     for name, steps in (("standard_rl.py", ours), ("TRL", theirs)):
         mean = {k: statistics.mean(s[k] for s in steps) for k in ("total", *PARTS)}
         print(f"{name:16}{mean['total']:7.3f}s" + "".join(f"{mean[p]:9.3f}s" for p in PARTS) + f"{mean['total'] - sum(mean[p] for p in PARTS):7.3f}s")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
