@@ -31,6 +31,8 @@ class Args:
     """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and on SIGINT/SIGTERM"""
     resume: Optional[str] = None
     """continue the run in this run dir from its checkpoint, with the flags of its args.json"""
+    tensorboard: bool = False
+    """also log every metrics.jsonl row to RUN_DIR/tensorboard, same names (needs `pip install tensorboard`)"""
     cache_dir: str = "cache"
     """base models and off-policy traces are cached here and shared by every run"""
     threads: int = 2
@@ -155,15 +157,16 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, 0.0
+    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, None
     for s in range(0, len(ids), micro_batch):
         logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
-        if n_micro > 1:  # d_k = accumulated gradient now - before this micro-batch, in float64
-            flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
-            sq_norms, prev = sq_norms + (flat - prev).pow(2).sum().item(), flat
-    grad_std = math.sqrt(max(n_micro * sq_norms - prev.pow(2).sum().item(), 0.0)) if n_micro > 1 else None
+        if n_micro > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            sq_norms += utils.sq_norm(grads if prev is None else [g - q for g, q in zip(grads, prev)])
+            prev = [g.clone() for g in grads]
+    grad_std = math.sqrt(max(n_micro * sq_norms - utils.sq_norm(prev), 0.0)) if n_micro > 1 else None
     return entropy, grad_std
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -52,6 +53,9 @@ WALL_CLOCK = ("time",)
 """metrics fields that are not a function of seed and flags: logged to time.jsonl instead of metrics.jsonl"""
 RESUME_MAY_CHANGE = ("threads", "device")
 """flags that --resume may give again: they say where the run executes, not what it computes"""
+TENSORBOARD_DIR = "tensorboard"
+_tensorboard = {}
+"""run dir -> {subdir: SummaryWriter} for the runs started with --tensorboard (None until their first row)"""
 
 
 def write_atomic(path: str, text: str):
@@ -108,6 +112,12 @@ def resume_args(args, script: str):
 def start_run(args, script: str) -> str:
     """Make the run dir and write args.json; a resumed run keeps its own."""
     run_dir = args.run_dir or os.path.join("runs", f"{script}__{args.seed}__{int(time.time())}")
+    if getattr(args, "tensorboard", False):
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        _tensorboard[run_dir] = None
     if getattr(args, "resume", None):
         return run_dir
     refuse_taken_run_dir(run_dir)  # again: another run may have started there since resume_args
@@ -125,6 +135,33 @@ def log_metrics(run_dir: str, row: dict):
     if clock:
         with open(os.path.join(run_dir, "time.jsonl"), "a") as f:
             f.write(json.dumps({**{k: row[k] for k in ("sft_step", "step") if k in row}, **clock}) + "\n")
+    if run_dir in _tensorboard:
+        log_tensorboard(run_dir, {k: v for k, v in row.items() if k not in clock})
+
+
+def log_tensorboard(run_dir: str, row: dict):
+    """--tensorboard (the CleanRL convention): each metrics.jsonl row's numbers as TensorBoard scalars of
+    the same names at its `step`, in RUN_DIR/tensorboard; SFT rows (`sft_step`) in RUN_DIR/tensorboard/sft,
+    a run of their own there. The first row a process logs rewrites the event files from metrics.jsonl,
+    so after a --resume they hold metrics.jsonl's rows, none twice."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writers, rows = _tensorboard[run_dir], [row]
+    if writers is None:  # this process's first row: it is metrics.jsonl's last line, after those already logged
+        writers = _tensorboard[run_dir] = {}
+        shutil.rmtree(os.path.join(run_dir, TENSORBOARD_DIR), ignore_errors=True)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+    for r in rows:
+        sub = "sft" if "sft_step" in r else ""
+        if sub not in writers:
+            writers[sub] = SummaryWriter(os.path.join(run_dir, TENSORBOARD_DIR, sub))
+        step = r.get("sft_step", r.get("step"))
+        for k, v in r.items():
+            if k not in ("step", "sft_step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                writers[sub].add_scalar(k, v, step)
+    for w in writers.values():
+        w.flush()
 
 
 def check_args(args):
@@ -300,6 +337,12 @@ def group_advantages(rewards, group_size, std_normalize=False):
     if std_normalize:
         adv = adv / (r.std(1, keepdim=True) + 1e-6)
     return adv.view(-1)
+
+
+def sq_norm(tensors) -> float:
+    """sum_i ||t_i||^2 over a list of tensors, from per-tensor float32 norms squared and summed in float64
+    (one sync, no float64 copy of them): train/grad_std's squared norms of gradients."""
+    return torch.stack([torch.linalg.vector_norm(t) for t in tensors]).double().pow(2).sum().item()
 
 
 # EVALUATION: pass@k with the unbiased estimator

@@ -100,6 +100,25 @@ def test_micro_batches_leave_the_gradient_unchanged(script, loss_agg):
         torch.testing.assert_close(g, out[0], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_grad_std_leaves_the_gradient_bit_identical(script):
+    """train/grad_std reads the accumulated gradient after each micro-batch; the gradient stays bit for
+    bit the one the same micro-batches accumulate without it."""
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    advantages = torch.linspace(-1, 1, 8)
+    model = tiny_model()
+    _, grad_std = script.reinforce_backward(model, ids, attn, mask, advantages, 2, "token", 1.0)
+    assert grad_std > 0
+    with_std = grads(model)
+    model = tiny_model()
+    weights = mask / mask.sum() * advantages[:, None]
+    for s in range(0, 8, 2):
+        logp, _ = utils.token_logprobs(model, ids[s : s + 2], attn[s : s + 2], 1.0)
+        (-(weights[s : s + 2] * logp).sum()).backward()
+    assert torch.equal(with_std, grads(model))
+
+
 def test_activation_checkpointing_leaves_the_gradient_unchanged():
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import offpolicy_rl
+import prefixrl
 import sft_rl
+import standard_rl
 import tasks
 import utils
 from conftest import read_metrics
@@ -100,7 +102,7 @@ def test_policy_shaping_gradient_is_luffys():
     torch.testing.assert_close(got, grads(model), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("script", [sft_rl, offpolicy_rl])
+@pytest.mark.parametrize("script", [standard_rl, prefixrl, sft_rl, offpolicy_rl])
 @pytest.mark.parametrize("micro", [1, 2, 4])
 def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, micro):
     contexts, responses = random_batch()

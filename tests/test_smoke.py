@@ -8,6 +8,7 @@ import pytest
 import os
 
 import prefixrl
+import sft_rl
 import standard_rl
 from conftest import SMOKE_TASK, read_metrics
 
@@ -96,3 +97,47 @@ def test_prefixrl_no_prefix_metrics_cover_the_original_groups_only(toy_cache, te
         assert r["train/all_negative_frac_no_prefix"] == 1.0 and r["train/all_negative_frac"] == 0.25
         assert r["train/reward_no_prefix"] == 0.0 and r["train/reward_prefixed"] == 1.0
         assert 0 < r["train/entropy_no_prefix"] and 0 < r["train/entropy"]
+
+
+def tensorboard_scalars(path):
+    """{tag: [(step, value)]} of the event files in `path` (not its subdirectories)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(path, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def rows_as_scalars(rows, step_key):
+    out = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("step", "sft_step") and isinstance(v, (int, float)):
+                out.setdefault(k, []).append((r[step_key], pytest.approx(v, rel=1e-6)))
+    return out
+
+
+@pytest.mark.parametrize("script,extra", [(prefixrl, {}), (sft_rl, dict(sft_steps=4, sft_batch=4))])
+def test_tensorboard_event_files_hold_the_metrics_rows(script, extra, toy_cache, teacher_traces, tmp_path):
+    """--tensorboard: every number of metrics.jsonl, read back from RUN_DIR/tensorboard under its own name
+    at its step (SFT rows from RUN_DIR/tensorboard/sft); a resumed run rewrites them, no row twice."""
+    pytest.importorskip("tensorboard")
+    run_dir = str(tmp_path / "run")
+    script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, tensorboard=True, save_every=100, **TINY, **extra))
+
+    def check():
+        rows = read_metrics(run_dir)
+        rl, sft = [r for r in rows if "step" in r], [r for r in rows if "sft_step" in r]
+        assert tensorboard_scalars(os.path.join(run_dir, "tensorboard")) == rows_as_scalars(rl, "step")
+        if sft:
+            assert tensorboard_scalars(os.path.join(run_dir, "tensorboard", "sft")) == rows_as_scalars(sft, "sft_step")
+        return rows
+
+    first = check()
+    assert any("train/grad_norm" in r for r in first)
+    # killed after its last checkpoint, before the policy was written: --resume logs the last evaluation again
+    import shutil
+
+    shutil.rmtree(os.path.join(run_dir, "policy"))
+    script.main(script.Args(resume=run_dir, threads=TINY["threads"]))
+    assert check() == first

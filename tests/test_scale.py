@@ -1,0 +1,179 @@
+"""scale/: the exported mixture and TRL's GRPOTrainer set to the scripts' objective. Needs the optional
+extra (pip install -r scale/requirements.txt: TRL, datasets, tensorboard); skipped without it."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+pytest.importorskip("tensorboard")
+
+import models  # noqa: E402
+import prefixrl  # noqa: E402
+import standard_rl  # noqa: E402
+import tasks  # noqa: E402
+import utils  # noqa: E402
+from conftest import SMOKE_TASK, read_metrics  # noqa: E402
+from test_smoke import rows_as_scalars, tensorboard_scalars  # noqa: E402
+from scale import export, grpo  # noqa: E402
+
+TINY = dict(steps=2, prompts_per_step=4, rollouts=4, micro_batch=8, eval_every=1, eval_samples=4, threads=2, toy_pretrain_steps=20, **SMOKE_TASK)
+
+
+def make_export(out, cache, traces, **flags):
+    args = export.Args(out=str(out), cache_dir=cache, traces=traces, **{**TINY, **flags})
+    export.main(args)
+    return args
+
+
+def read_rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def planted_reward(problem, prefix_ids, response_ids):
+    """A reward that varies inside groups (the 20-step toy model never solves a problem): every
+    group gets non-zero advantages, so the update has something to compare."""
+    return float(sum(response_ids) % 3 == 0)
+
+
+class StepRecorder:
+    """The models that models.load_model returns, and for every optimizer step, each parameter's
+    gradient (as the optimizer receives it, after clipping) and value before and after the step, by
+    the parameter's name in its model (torch's global optimizer hooks)."""
+
+    def __init__(self, monkeypatch):
+        self.models, self.steps, self.handles, load = [], [], [], models.load_model
+
+        def load_and_keep(*a, **k):
+            out = load(*a, **k)
+            if self.handles:  # inside the with block
+                self.models.append(out[0])
+            return out
+
+        monkeypatch.setattr(models, "load_model", load_and_keep)
+
+    def __enter__(self):
+        params = lambda opt: [p for g in opt.param_groups for p in g["params"]]  # noqa: E731
+        pre = lambda opt, a, k: self.steps.append({id(p): (p.grad.clone(), p.detach().clone()) for p in params(opt)})  # noqa: E731
+        post = lambda opt, a, k: self.steps[-1].update({id(p): (*self.steps[-1][id(p)], p.detach().clone()) for p in params(opt)})  # noqa: E731
+        self.handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def flat(self):
+        """The one step's (gradient, before, after), each flattened over the last model's parameters in name order."""
+        (step,), model = self.steps, self.models[-1]
+        named = sorted(model.named_parameters())
+        assert {id(p) for _, p in named} == set(step)
+        return [torch.cat([step[id(p)][i].flatten() for _, p in named]) for i in range(3)]
+
+
+@pytest.mark.parametrize("script,algo", [(prefixrl, "prefixrl"), (standard_rl, "standard_rl")])
+def test_one_trl_step_updates_the_weights_as_one_script_step(script, algo, toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """From the same weights and the same sampled completions, TRL's first step and the script's first
+    step see the same prompts (prompt + prefix ids), the same gradient before clipping (its norm), the
+    same clipped gradient, and make the same AdamW update."""
+    monkeypatch.setattr(tasks, "toy_reward", planted_reward)
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, algo=algo, steps=1, lr=1e-2, temperature=0.7)  # lr: moves far above float32 rounding
+
+    # THE SCRIPT'S STEP: its rollouts (contexts, responses) and its update
+    batches = []
+    real_make_batch = utils.make_batch
+    monkeypatch.setattr(utils, "make_batch", lambda c, r, *a: batches.append((c, r)) or real_make_batch(c, r, *a))
+    run_dir = str(tmp_path / "script")
+    with StepRecorder(monkeypatch) as ours:
+        script.main(script.Args(**{**{f.name: getattr(ex, f.name) for f in dataclasses.fields(script.Args)}, "run_dir": run_dir}))
+    (contexts, responses), = batches
+    ours_norm = [r for r in read_metrics(run_dir) if "train/grad_norm" in r][0]["train/grad_norm"]
+
+    # TRL'S STEP on the export, given the script's completions in place of its own draws
+    seen = []
+
+    def rollout(prompts, trainer):
+        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # the ids TRL would sample from
+        seen.extend(prompt_ids)
+        return dict(prompt_ids=prompt_ids, completion_ids=responses, logprobs=None)
+
+    args = grpo.Args(data=ex.out, run_dir=str(tmp_path / "trl"), cache_dir=toy_cache, threads=2)
+    with StepRecorder(monkeypatch) as theirs:
+        trainer, _, _ = grpo.build(args, grpo.read_export(ex.out), rollout_func=rollout)
+        trainer.train()
+    rows = read_rows(os.path.join(ex.out, "train.jsonl"))
+    assert contexts == [r["prompt_ids"] for r in rows for _ in range(ex.rollouts)]  # the export is the script's step
+    assert [list(ids) for ids in seen] == contexts  # and TRL samples from the same prompt + prefix ids, row for row
+    assert any(r["prefixed"] for r in rows) == (algo == "prefixrl")
+    (grad_mine, before_mine, after_mine), (grad_trl, before_trl, after_trl) = ours.flat(), theirs.flat()
+    assert torch.equal(before_mine, before_trl)  # the same weights
+    trl_norm = trainer.state.log_history[0]["grad_norm"]
+    assert set(trainer.lr_scheduler.get_last_lr()) == {ex.lr}  # constant, as the scripts' (a decaying one is lower after the step)
+    assert abs(trl_norm - ours_norm) <= 1e-5 * ours_norm and ours_norm > 0
+    torch.testing.assert_close(grad_trl, grad_mine, rtol=1e-4, atol=1e-6 * grad_mine.abs().max().item())
+    # Adam's first step moves a weight by lr g / (|g| + eps) (plus the decay): below |g| = 1e-6 that turns
+    # float noise in g into a visible move, so there the gradient is all that is compared
+    update_mine, update_trl, sure = after_mine - before_mine, after_trl - before_trl, grad_mine.abs() > 1e-6
+    assert sure.float().mean() > 0.5 and update_mine.abs().max() > 0.5 * ex.lr
+    torch.testing.assert_close(update_trl[sure], update_mine[sure], rtol=0, atol=1e-4 * ex.lr)
+
+
+def test_export_rows_are_the_scripts_prompts_and_every_text_gives_its_ids(toy_cache, tmp_path):
+    """The default toy's mixture (its 128 problems, cut as prefixrl.py cuts them, 150 steps x 16
+    prompts): every row's prompt text, tokenized as TRL tokenizes it, gives exactly the row's ids
+    (the problem's prompt, then the prefix), and TRL is left to tokenize the text itself."""
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 128, 64, 0)
+    traces = {}
+    for p in task.train:
+        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+        traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
+    path = str(tmp_path / "traces.json")
+    utils.save_traces(path, {"source": "teacher"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
+    defaults = {k: getattr(prefixrl.Args(), k) for k in ("steps", "prompts_per_step", "rollouts", "micro_batch", "hard_min", "hard_max", "n_train", "n_heldout")}
+    ex = make_export(tmp_path / "data", toy_cache, path, **defaults)
+    rows = read_rows(os.path.join(ex.out, "train.jsonl"))
+    assert len(rows) == 150 * 16 and sum(r["prefixed"] for r in rows) == 150 * 12
+    for r in rows:
+        p = next(q for q in task.train if q.id == r["problem_id"])
+        assert r["prompt_ids"] == p.prompt_ids + r["prefix_ids"] and r["answer"] == p.answer
+        assert r["prefix_ids"] == traces[p.id].token_ids[: len(r["prefix_ids"])] and len(r["prefix_ids"]) < tasks.toy_reasoning_end(p, traces[p.id].token_ids)
+    trainer, _, _ = grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "trl"), cache_dir=toy_cache, steps=1), grpo.read_export(ex.out))
+    got, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    assert [list(g) for g in got] == [r["prompt_ids"] for r in rows]
+    assert "_tokenize_prompts" not in vars(trainer)  # TRL's own tokenization, nothing passed around it
+
+
+def test_rows_whose_text_does_not_give_their_ids_are_given_as_ids(toy_cache, teacher_traces, tmp_path):
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces)
+    path = os.path.join(ex.out, "train.jsonl")
+    rows = read_rows(path)
+    for r in rows[:3]:  # text that tokenizes otherwise: one more token
+        r["prompt"] += " <eos>"
+    utils.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    trainer, _, _ = grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "trl"), cache_dir=toy_cache), grpo.read_export(ex.out))
+    got, _, _ = trainer._tokenize_prompts([r["prompt"] for r in rows])
+    assert [list(g) for g in got] == [r["prompt_ids"] for r in rows]
+
+
+def test_trl_smoke_run_logs_the_scripts_metrics(toy_cache, teacher_traces, tmp_path):
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, steps=3)
+    run_dir = str(tmp_path / "trl")
+    grpo.main(grpo.Args(data=ex.out, run_dir=run_dir, cache_dir=toy_cache, eval_every=2, threads=2, tensorboard=True))
+    rows = read_metrics(run_dir)
+    assert tensorboard_scalars(os.path.join(run_dir, "tensorboard")) == rows_as_scalars(rows, "step")  # the same rows
+    train = [r for r in rows if "train/grad_norm" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for r in train:
+        assert 0 <= r["train/reward_prefixed"] <= 1 and 0 <= r["train/reward_no_prefix"] <= 1
+        assert 0 <= r["train/all_negative_frac"] <= 1 and r["train/entropy"] > 0 and r["train/response_len"] > 0
+    assert [r["step"] for r in rows if "eval/heldout_pass@1" in r] == [0, 2, 3]  # at the start, every 2 steps, at the end
+    flops = [r["flops"] for r in rows]
+    assert flops == sorted(flops) and flops[0] == 4.0 < flops[-1]  # first the traces' FLOPs (the teacher file's 4.0), as prefixrl.py
+    assert os.path.isfile(os.path.join(run_dir, "policy", "config.json"))
