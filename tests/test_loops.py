@@ -245,7 +245,6 @@ def test_offpolicy_puts_the_trace_last_with_its_importance_weights(one_step):
     for i, r in enumerate(rewards):
         if not on[i]:
             assert r["response"] == traces[r["problem"].id].token_ids and r["prefix"] == []
-    assert backward["on_policy"].tolist() == on
     w, mask, logp = backward["token_weights"], backward["loss_mask"], backward["logp_before"]
     for i, r in enumerate(rewards):
         on_mask = mask[i] > 0

@@ -156,7 +156,7 @@ def test_reinforce_gradient_matches_the_formula(script, loss_agg, std_normalize,
     w, extra = torch.ones_like(mask), {}
     if script is offpolicy_rl:
         w[[3, 7]] = 0.2 + torch.rand(2, mask.shape[1], generator=torch.Generator().manual_seed(1))
-        extra = dict(token_weights=w, on_policy=torch.tensor([j < 3 for _ in range(2) for j in range(4)]))
+        extra = dict(token_weights=w)
     model = tiny_model()
     script.reinforce_backward(model, ids, attn, mask, utils.group_advantages(rewards, 4, std_normalize), 4, loss_agg, temperature, **extra)
     got = grads(model)
