@@ -937,6 +937,9 @@ def results_section(slabel, methods):
 
 
 def main(args: Args):
+    import utils  # torch, for check_args
+
+    utils.check_args(args)
     runs = find_runs(args.runs)
     if not runs:
         print("no runs found")
@@ -981,4 +984,7 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(tyro.cli(Args)))
+    import utils
+
+    with utils.clean_errors():
+        raise SystemExit(main(tyro.cli(Args)))

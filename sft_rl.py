@@ -116,6 +116,8 @@ class Args:
     """samples per problem at evaluation (pass@k for k <= this)"""
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
+    final_eval_samples: int = 64
+    """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
 
 
 def sft_backward(model, ids, attn, loss_mask, micro_batch):
@@ -185,12 +187,6 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 def main(args: Args):
     args = utils.resume_args(args, "sft_rl")  # --resume RUN_DIR: the run's own flags
     utils.check_args(args)
-    for ok, msg in [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
-                    (0 <= args.sft_val_fraction < 1, f"--sft-val-fraction must be in [0, 1), got {args.sft_val_fraction}"),
-                    (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
-                    (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]:
-        if not ok:
-            raise utils.InputError(msg)
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
@@ -291,7 +287,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, phase="rl", flops=flops, best_nll=best_nll)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
 
 

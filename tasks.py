@@ -171,12 +171,16 @@ def check_toy_length(steps: int):
         raise InputError(f"--toy-length must be in 2..{MAX_TOY_LENGTH}, got {steps}")
 
 
+def check_hard_steps(steps: int, hard_min: int, hard_max: int):
+    if not 0 <= hard_min <= hard_max <= steps - 1:
+        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
+
+
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
     deterministically from `seed`; train and held-out are disjoint."""
     check_toy_length(steps)
-    if not 0 <= hard_min <= hard_max <= steps - 1:
-        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
+    check_hard_steps(steps, hard_min, hard_max)
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
     for _ in range(100 * (n_train + n_heldout)):
@@ -372,12 +376,16 @@ def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
             (f"Solve for x: {z}(x - {w}) + {x} = {z * (y - w) + x}.", y)][kind]
 
 
+def check_level(level: int, flag: str = "--level"):
+    if not 1 <= level <= LEVELS:
+        raise InputError(f"{flag} must be in 1..{LEVELS}, got {level}")
+
+
 def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: int, max_new_tokens: int = 192) -> Task:
     """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`.
     Texts are distinct, and no held-out problem has the numbers and answer of a training problem (the
     same sum told in other words is not held out). The reference answer is an integer."""
-    if not 1 <= level <= LEVELS:
-        raise InputError(f"--level must be in 1..{LEVELS}, got {level}")
+    check_level(level)
     r, seen, train_keys, rows = random.Random(f"arith-{level}-{seed}"), set(), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
         if len(rows) == n_train + n_heldout:
