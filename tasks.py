@@ -458,6 +458,8 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
     train, heldout = train[:n_train], [x for x in rows if x[0] in heldout_ids][:n_heldout]
     if not train:
         raise InputError(f"dataset file '{path}' leaves no training problems (lower the held-out fraction)")
+    if not heldout:
+        raise InputError(f"dataset file '{path}' leaves no held-out problems (give more problems, or mark some \"split\": \"heldout\")")
     content = hashlib.sha256(json.dumps([x[:3] for x in rows]).encode()).hexdigest()[:16]
     spec = dict(task="jsonl", content=content, heldout_fraction=heldout_fraction, seed=seed, n=[n_train, n_heldout])
     name = os.path.splitext(os.path.basename(path))[0]
@@ -488,20 +490,24 @@ def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -
 
 
 # ONE ENTRY POINT FOR THE SCRIPTS
+def check_task_flags(task: str, dataset):
+    if dataset and task != "toy":
+        raise InputError(f"give --dataset or --task, not both (got --dataset {dataset} and --task {task})")
+    if not (dataset or task in ("toy", "arith") or task.endswith(".jsonl")):
+        raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{task}'")
+
+
 def load_task(args, tokenizer) -> Task:
     """--task toy | arith | FILE.jsonl (or --dataset FILE.jsonl), with the scripts' task flags."""
+    check_task_flags(args.task, args.dataset)
     if args.dataset:
-        if args.task != "toy":
-            raise InputError(f"give --dataset or --task, not both (got --dataset {args.dataset} and --task {args.task})")
         task = load_jsonl_task(args.dataset, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     elif args.task == "toy":
         task = make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     elif args.task == "arith":
         task = make_arith_task(tokenizer, args.level, args.n_train, args.n_heldout, args.task_seed)
-    elif args.task.endswith(".jsonl"):
-        task = load_jsonl_task(args.task, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     else:
-        raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{args.task}'")
+        task = load_jsonl_task(args.task, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     if args.max_new_tokens:
         task.max_new_tokens = args.max_new_tokens
     return task

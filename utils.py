@@ -134,6 +134,9 @@ def log_metrics(run_dir: str, row: dict):
 # flag and what it may be (exit 2). Values of the wrong type or choice are tyro's to refuse.
 MAX_THREADS = 1024
 """torch crashes on absurd thread counts (100,000: a segfault); no machine here has more cores than this"""
+MIN_TEMPERATURE = 0.01
+"""far above where a temperature breaks a run (at 1e-40 logits / T overflow float32: a NaN gradient on the toy), and
+already close to greedy sampling"""
 
 
 def _at_least(n, why=""):
@@ -143,6 +146,7 @@ def _at_least(n, why=""):
 _SEED = (lambda v: 0 <= v <= 2**32 - 1), "in 0..2**32-1"
 _POSITIVE = (lambda v: 0 < v < math.inf), "> 0 and finite"
 _FRACTION = (lambda v: 0 <= v <= 1), "in [0, 1]"
+_TEMPERATURE = (lambda v: MIN_TEMPERATURE <= v < math.inf), f">= {MIN_TEMPERATURE} and finite"
 FLAG_RANGES = {
     # the four scripts (bench/calibrate_toy.py takes prefixrl.py's flags)
     "seed": _SEED, "task_seed": _SEED, "trace_seed": _SEED, "threads": ((lambda v: 1 <= v <= MAX_THREADS), f"in 1..{MAX_THREADS}"),
@@ -151,7 +155,7 @@ FLAG_RANGES = {
     "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
     "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1),
     "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
-    "temperature": _POSITIVE, "trace_temperature": _POSITIVE, "eval_temperature": _POSITIVE,
+    "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     # reproduce.py, plot.py, bench/ (a tuple: every item, and at least one)
     "seeds": _at_least(1), "jobs": _at_least(1), "methods": ((lambda v: True), "at least one method"),
@@ -250,9 +254,8 @@ def _check_task_and_model(a):
         if a.model in models.TOY_MODELS:
             raise InputError(f"--model {a.model} is a toy base model, with no chat template: this script's arith problems need a chat model")
         return
-    if a.dataset and a.task != "toy":
-        raise InputError(f"give --dataset or --task, not both (got --dataset {a.dataset} and --task {a.task})")
-    if not (a.dataset or a.task in ("toy", "arith") or a.task.endswith(".jsonl") and os.path.isfile(a.task)):
+    tasks.check_task_flags(a.task, a.dataset)
+    if a.task.endswith(".jsonl") and not os.path.isfile(a.task):
         raise InputError(f"--task must be 'toy', 'arith' or an existing .jsonl file, got '{a.task}'")
     tasks.check_toy_length(a.toy_length)
     toy_task, toy_model = a.task == "toy" and not a.dataset, a.model in models.TOY_MODELS
