@@ -146,17 +146,20 @@ def test_every_entry_point_refuses_a_bad_flag_with_one_line(tmp_path):
     assert not os.path.exists(cache)
 
 
-@pytest.mark.parametrize("script", list(SCRIPTS))
-def test_final_eval_draws_the_samples_asked_for(script, toy_cache, teacher_traces, tmp_path, monkeypatch):
+@pytest.mark.parametrize("script,n", [("prefixrl", 3), ("standard_rl", None), ("sft_rl", 5), ("offpolicy_rl", 1)])
+def test_final_eval_draws_the_samples_asked_for(script, n, toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """final_eval.json: n samples of each of the 4 training and 4 held-out problems (64 unless --final-eval-samples)."""
     drawn, sample = [], utils.sample
     monkeypatch.setattr(utils, "sample", lambda model, prompts, *a, **k: drawn.append(len(prompts)) or sample(model, prompts, *a, **k))
-    run_dir = str(tmp_path / "run")
-    module = SCRIPTS[script]
-    module.main(module.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, final_eval_samples=3, **{**TINY, "steps": 1}))
+    run_dir, module = str(tmp_path / "run"), SCRIPTS[script]
+    flags = dict(TINY, steps=1, **({"final_eval_samples": n} if n else {}), **({"sft_steps": 2} if script == "sft_rl" else {}))
+    module.main(module.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **flags))
+    n = n or 64
     with open(os.path.join(run_dir, "final_eval.json")) as f:
         final = json.load(f)
-    assert final["n"] == 3 and len(final["train_counts"]) == 4 and len(final["heldout_counts"]) == 4
-    assert drawn[-2:] == [4 * 3, 4 * 3]  # the last two draws: 3 samples of each training and each held-out problem
+    assert final["n"] == n and len(final["train_counts"]) == 4 and len(final["heldout_counts"]) == 4
+    assert all(0 <= c <= n for c in final["train_counts"] + final["heldout_counts"])
+    assert drawn[-2:] == [4 * n, 4 * n]  # the final evaluation's two draws, the run's last
 
 
 def test_prefixes_cut_to_no_token_log_no_prefixed_reward(toy_cache, teacher_traces, tmp_path):

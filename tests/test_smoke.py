@@ -55,17 +55,6 @@ def test_bad_input_stops_with_one_line(flags, message, tmp_path):
     assert not os.path.exists(tmp_path / "r")  # nothing written that a later run would trust
 
 
-@pytest.mark.parametrize("script", [standard_rl, prefixrl])
-def test_final_eval_counts_for_pass_at_k(script, toy_cache, teacher_traces, tmp_path):
-    import json
-
-    run_dir = str(tmp_path / "run")
-    script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "steps": 1}))
-    final = json.load(open(os.path.join(run_dir, "final_eval.json")))
-    assert final["n"] == 64 and len(final["heldout_counts"]) == SMOKE_TASK["n_heldout"]
-    assert all(0 <= c <= 64 for c in final["train_counts"] + final["heldout_counts"])
-
-
 def test_prefixed_only_logs_accuracy_by_prefix_length(toy_cache, teacher_traces, tmp_path):
     run_dir = str(tmp_path / "run")
     prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, prefixed_only=True, **TINY))
