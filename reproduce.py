@@ -109,12 +109,21 @@ def collect_other_traces(path, extra):
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
-    utils.check_args(run)
+    utils.check_args(collection_args(run))
     utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
     traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
     print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
+
+
+def collection_args(run):
+    """The other family's trace collection as flags that utils.check_args knows: the runs' problems and
+    budget, sampled by OTHER_FAMILY's model from the prompts alone (standard_rl.py's flags: no prefix)."""
+    import standard_rl
+
+    shared = {k: v for k, v in vars(run).items() if k in standard_rl.Args.__dataclass_fields__ and k != "model"}
+    return standard_rl.Args(**shared, model=OTHER_FAMILY)
 
 
 def check_runs(args):
@@ -141,12 +150,14 @@ def check_runs(args):
         try:
             with contextlib.redirect_stderr(err):
                 run = tyro.cli(importlib.import_module(script[:-3]).Args, args=flags)
-        except SystemExit:  # tyro's message, in a box: its lines up to the rule under them
-            lines = [ln.strip("│╭╮╰╯─ ") for ln in err.getvalue().splitlines()]
-            why = " ".join(ln for ln in lines[1 : (lines[1:] + [""]).index("") + 1] if ln) or "see python " + script + " --help"
+        except SystemExit:  # tyro printed why in a box: the lines between its title and its rule
+            body = [ln.strip("│╭╮╰╯─ ") for ln in err.getvalue().splitlines()[1:]]
+            why = " ".join(body[: body.index("")] if "" in body else body) or f"see python {script} --help"
             raise utils.InputError(f"--extra {args.extra!r} does not suit {script} (method {method}): {why}") from None
         try:
             utils.check_args(run)
+            if method == "prefixrl_other_family":
+                utils.check_args(collection_args(run))
         except utils.InputError as e:
             raise utils.InputError(f"method {method} ({shlex.join([script, *flags])}): {e}") from None
 

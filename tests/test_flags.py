@@ -52,7 +52,7 @@ def test_fraction_out_of_range_is_refused_before_loading(script, flag, value, al
     ("standard_rl", "eval_every", 1), ("prefixrl", "eval_every", 1), ("sft_rl", "eval_every", 1), ("offpolicy_rl", "eval_every", 1),
     ("standard_rl", "eval_samples", 1), ("offpolicy_rl", "final_eval_samples", 1), ("standard_rl", "prompts_per_step", 1),
     ("prefixrl", "cuts_per_trace", 1), ("prefixrl", "n_train", 1), ("standard_rl", "n_heldout", 1), ("sft_rl", "trace_budget", 1),
-    ("prefixrl", "toy_pretrain_steps", 1), ("offpolicy_rl", "save_every", 1), ("standard_rl", "steps", 1), ("prefixrl", "micro_batch", 1),
+    ("prefixrl", "toy_pretrain_steps", 1), ("offpolicy_rl", "save_every", 1), ("standard_rl", "steps", 1),
     ("sft_rl", "sft_batch", 1), ("standard_rl", "rollouts", 2),
 ])
 def test_zero_count_is_refused_before_loading(script, flag, least, tmp_path, no_model_loading):
@@ -111,6 +111,8 @@ def test_reproduce_and_plot_flags(tmp_path):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
     with pytest.raises(utils.InputError, match="--extra must not give --run-dir"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--run-dir x", dry_run=True))
+    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 130"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--toy-length 60", dry_run=True))  # its traces: 63 + 67 tokens
     with pytest.raises(utils.InputError, match="--seeds must be >= 1, got 0"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), seeds=0, dry_run=True))
     assert not os.path.exists(tmp_path / "r")

@@ -5,7 +5,8 @@ run (exit 0, a well-formed metrics.jsonl and final_eval.json). reproduce.py's dr
 The scripts run in this process as their __main__ runs them (tyro.cli, then main under
 utils.clean_errors), so any exception but SystemExit is a traceback and fails the test. Each draw
 gives 1-4 flags a drawn value on top of a tiny valid run; the traces file is the exact solutions of
-the drawn task's problems, so that no run depends on how a barely pretrained model samples.
+the drawn task's problems, so that no run depends on how a barely pretrained model samples. Learning
+rates are drawn up to 1: a larger one may make a run diverge, which its NaN check stops mid-run.
 Profiles: "ci" (the default; the same draws every time) and "long" (more draws, new ones each time):
 
     PREFIXRL_FUZZ=long python -m pytest -q -s tests/test_fuzz.py
