@@ -107,6 +107,8 @@ class Args:
     """samples per problem at evaluation (pass@k for k <= this)"""
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
+    final_eval_samples: int = 64
+    """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
 
 
 MAX_LOG_WEIGHT = 30.0  # exp(30) ~ 1e13: a sequence-level weight beyond this is clamped (no inf/nan)
@@ -248,7 +250,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
     utils.print_summary(run_dir, evals, start)
 

@@ -54,7 +54,7 @@ class Args:
 
 # keys that do not change what a run measures (or are the seed itself)
 IGNORED_KEYS = {"seed", "run_dir", "cache_dir", "threads", "device", "micro_batch", "steps", "eval_every", "script",
-                "save_every", "resume", "tensorboard"}
+                "save_every", "resume", "tensorboard", "final_eval_samples"}
 # keys that define the problems and the base model: runs that differ here are not comparable
 SETTING_KEYS = ("model", "task", "dataset", "level", "max_new_tokens", "toy_pretrain_steps", "toy_length", "hard_min", "hard_max", "n_train",
                 "n_heldout", "task_seed", "trace_budget", "trace_seed")
@@ -937,6 +937,9 @@ def results_section(slabel, methods):
 
 
 def main(args: Args):
+    import utils  # torch, for check_args
+
+    utils.check_args(args)
     runs = find_runs(args.runs)
     if not runs:
         print("no runs found")
@@ -981,4 +984,7 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(tyro.cli(Args)))
+    import utils
+
+    with utils.clean_errors():
+        raise SystemExit(main(tyro.cli(Args)))

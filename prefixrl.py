@@ -110,6 +110,8 @@ class Args:
     """samples per problem at evaluation (pass@k for k <= this)"""
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
+    final_eval_samples: int = 64
+    """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
 
 
 def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature):
@@ -216,7 +218,7 @@ def main(args: Args):
         has_prefix = np.repeat(group_prefixed, args.rollouts)  # the no-prefix metrics compare like with like with standard RL's
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
-            "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])),
+            "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])) if has_prefix.any() else None,  # a cut may round to 0 tokens
             "train/all_negative_frac": float(all_negative.mean()),
             "train/all_negative_frac_no_prefix": float(all_negative[~group_prefixed].mean()) if n_original else None,
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
@@ -226,7 +228,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, 64, args.eval_temperature, generator)  # for pass@k, k = 1..64
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
     utils.print_summary(run_dir, evals, start)
 

@@ -110,11 +110,57 @@ def collect_other_traces(path, extra):
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
+    utils.check_args(collection_args(run))
     utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
     traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
     print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
+
+
+def collection_args(run):
+    """The other family's trace collection as flags that utils.check_args knows: the runs' problems and
+    budget, sampled by OTHER_FAMILY's model from the prompts alone (standard_rl.py's flags: no prefix)."""
+    import standard_rl
+
+    shared = {k: v for k, v in vars(run).items() if k in standard_rl.Args.__dataclass_fields__ and k != "model"}
+    return standard_rl.Args(**shared, model=OTHER_FAMILY)
+
+
+def check_runs(args):
+    """Every run's flags (its method's, --steps and --extra), refused here as its script would refuse
+    them, so that a bad --extra stops the reproduction with one line before any run starts."""
+    import contextlib
+    import importlib
+    import io
+
+    import utils
+
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as e:
+        raise utils.InputError(f"--extra must be flags as a shell splits them ({e}), got {args.extra!r}") from None
+    for flag in ("--seed", "--threads", "--run-dir", "--resume"):
+        if any(f == flag or f.startswith(flag + "=") for f in extra):
+            raise utils.InputError(f"--extra must not give {flag}: reproduce.py sets it for each run")
+    for method in args.methods:
+        script, *flags = METHODS[method]
+        flags = [f for f in flags if f not in ("--traces", "{other_traces}")]  # that file is made by the reproduction
+        flags += (["--steps", str(args.steps)] if args.steps is not None else []) + extra
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                run = tyro.cli(importlib.import_module(script[:-3]).Args, args=flags)
+        except SystemExit:  # tyro printed why in a box: the lines between its title and its rule
+            body = [ln.strip("│╭╮╰╯─ ") for ln in err.getvalue().splitlines()[1:]]
+            why = " ".join(body[: body.index("")] if "" in body else body) or f"see python {script} --help"
+            raise utils.InputError(f"--extra {args.extra!r} does not suit {script} (method {method}): {why}") from None
+        try:
+            utils.check_args(run)
+            if method == "prefixrl_other_family":
+                utils.check_args(collection_args(run))
+        except utils.InputError as e:
+            raise utils.InputError(f"method {method} ({shlex.join([script, *flags])}): {e}") from None
 
 
 def make_jobs(args):
@@ -206,6 +252,10 @@ def run_pool(jobs, width, python, counter):
 
 
 def main(args: Args):
+    import utils
+
+    utils.check_args(args)
+    check_runs(args)
     jobs = make_jobs(args)
     out = out_path(args.out)
     todo, aside = [], []
@@ -261,11 +311,11 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    cli = tyro.cli(Args)
-    if cli.collect_traces_to:
-        from utils import clean_errors
+    from utils import clean_errors
 
-        with clean_errors():
+    cli = tyro.cli(Args)
+    with clean_errors():
+        if cli.collect_traces_to:
             collect_other_traces(cli.collect_traces_to, cli.extra)
-        raise SystemExit(0)
-    raise SystemExit(main(cli))
+            raise SystemExit(0)
+        raise SystemExit(main(cli))

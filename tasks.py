@@ -171,12 +171,16 @@ def check_toy_length(steps: int):
         raise InputError(f"--toy-length must be in 2..{MAX_TOY_LENGTH}, got {steps}")
 
 
+def check_hard_steps(steps: int, hard_min: int, hard_max: int):
+    if not 0 <= hard_min <= hard_max <= steps - 1:
+        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
+
+
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
     """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
     deterministically from `seed`; train and held-out are disjoint."""
     check_toy_length(steps)
-    if not 0 <= hard_min <= hard_max <= steps - 1:
-        raise InputError(f"need 0 <= --hard-min <= --hard-max <= {steps - 1} (the first step is easy), got {hard_min}..{hard_max}")
+    check_hard_steps(steps, hard_min, hard_max)
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
     for _ in range(100 * (n_train + n_heldout)):
@@ -372,12 +376,16 @@ def arith_problem(level: int, r: random.Random) -> tuple[str, int]:
             (f"Solve for x: {z}(x - {w}) + {x} = {z * (y - w) + x}.", y)][kind]
 
 
+def check_level(level: int, flag: str = "--level"):
+    if not 1 <= level <= LEVELS:
+        raise InputError(f"{flag} must be in 1..{LEVELS}, got {level}")
+
+
 def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: int, max_new_tokens: int = 192) -> Task:
     """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`.
     Texts are distinct, and no held-out problem has the numbers and answer of a training problem (the
     same sum told in other words is not held out). The reference answer is an integer."""
-    if not 1 <= level <= LEVELS:
-        raise InputError(f"--level must be in 1..{LEVELS}, got {level}")
+    check_level(level)
     r, seen, train_keys, rows = random.Random(f"arith-{level}-{seed}"), set(), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
         if len(rows) == n_train + n_heldout:
@@ -450,6 +458,8 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
     train, heldout = train[:n_train], [x for x in rows if x[0] in heldout_ids][:n_heldout]
     if not train:
         raise InputError(f"dataset file '{path}' leaves no training problems (lower the held-out fraction)")
+    if not heldout:
+        raise InputError(f"dataset file '{path}' leaves no held-out problems (give more problems, or mark some \"split\": \"heldout\")")
     content = hashlib.sha256(json.dumps([x[:3] for x in rows]).encode()).hexdigest()[:16]
     spec = dict(task="jsonl", content=content, heldout_fraction=heldout_fraction, seed=seed, n=[n_train, n_heldout])
     name = os.path.splitext(os.path.basename(path))[0]
@@ -480,20 +490,24 @@ def retokenize_traces(traces: dict, task: Task, tokenizer, source_decode=None) -
 
 
 # ONE ENTRY POINT FOR THE SCRIPTS
+def check_task_flags(task: str, dataset):
+    if dataset and task != "toy":
+        raise InputError(f"give --dataset or --task, not both (got --dataset {dataset} and --task {task})")
+    if not (dataset or task in ("toy", "arith") or task.endswith(".jsonl")):
+        raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{task}'")
+
+
 def load_task(args, tokenizer) -> Task:
     """--task toy | arith | FILE.jsonl (or --dataset FILE.jsonl), with the scripts' task flags."""
+    check_task_flags(args.task, args.dataset)
     if args.dataset:
-        if args.task != "toy":
-            raise InputError(f"give --dataset or --task, not both (got --dataset {args.dataset} and --task {args.task})")
         task = load_jsonl_task(args.dataset, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     elif args.task == "toy":
         task = make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     elif args.task == "arith":
         task = make_arith_task(tokenizer, args.level, args.n_train, args.n_heldout, args.task_seed)
-    elif args.task.endswith(".jsonl"):
-        task = load_jsonl_task(args.task, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     else:
-        raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{args.task}'")
+        task = load_jsonl_task(args.task, tokenizer, seed=args.task_seed, n_train=args.n_train, n_heldout=args.n_heldout)
     if args.max_new_tokens:
         task.max_new_tokens = args.max_new_tokens
     return task

@@ -3,6 +3,7 @@ prefixes, FLOPs accounting and metrics logging. No training loop lives here."""
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -164,31 +165,150 @@ def log_tensorboard(run_dir: str, row: dict):
         w.flush()
 
 
+# FLAGS: every flag of every entry point (the four scripts, reproduce.py, plot.py, bench/), checked at
+# start-up, before any model is loaded, pretrained or sampled: a bad value stops with one line naming the
+# flag and what it may be (exit 2). Values of the wrong type or choice are tyro's to refuse.
+MAX_THREADS = 1024
+"""torch crashes on absurd thread counts (100,000: a segfault); no machine here has more cores than this"""
+MIN_TEMPERATURE = 0.01
+"""far above where a temperature breaks a run (at 1e-40 logits / T overflow float32: a NaN gradient on the toy), and
+already close to greedy sampling"""
+
+
+def _at_least(n, why=""):
+    return (lambda v: v >= n), f">= {n}{why}"
+
+
+_SEED = (lambda v: 0 <= v <= 2**32 - 1), "in 0..2**32-1"
+_POSITIVE = (lambda v: 0 < v < math.inf), "> 0 and finite"
+_FRACTION = (lambda v: 0 <= v <= 1), "in [0, 1]"
+_TEMPERATURE = (lambda v: MIN_TEMPERATURE <= v < math.inf), f">= {MIN_TEMPERATURE} and finite"
+FLAG_RANGES = {
+    # the four scripts (bench/calibrate_toy.py takes prefixrl.py's flags)
+    "seed": _SEED, "task_seed": _SEED, "trace_seed": _SEED, "threads": ((lambda v: 1 <= v <= MAX_THREADS), f"in 1..{MAX_THREADS}"),
+    "steps": _at_least(1), "prompts_per_step": _at_least(1), "rollouts": _at_least(2, " (a group-mean baseline needs two)"),
+    "micro_batch": _at_least(1), "save_every": _at_least(1), "eval_every": _at_least(1), "eval_samples": _at_least(1),
+    "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
+    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1),
+    "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
+    "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
+    "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    # reproduce.py, plot.py, bench/ (a tuple: every item, and at least one)
+    "seeds": _at_least(1), "jobs": _at_least(1), "methods": ((lambda v: True), "at least one method"),
+    "levels": ((lambda v: True), "at least one level"),
+    "smooth": _at_least(1), "max_step": _at_least(0), "problems": _at_least(1), "budget": _at_least(1), "batch": _at_least(1),
+    "samples": _at_least(1), "fractions": _FRACTION, "rows": _at_least(1), "vocabs": _at_least(1), "repeats": _at_least(1),
+}
+"""flag -> (test, what it may be); None (an optional flag not given) passes"""
+READ_FILES = ("traces", "dataset")
+"""path flags naming a file that is read: it must exist"""
+WRITTEN = ("run_dir", "cache_dir", "out", "collect_traces_to")
+"""path flags naming what is written, made if missing: a directory, but a file for --collect-traces-to
+and for an --out that ends in .json (bench/calibrate_arith.py's)"""
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _device_ok(name):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return device.type == "cpu" or device.type == "mps" and torch.backends.mps.is_available()
+
+
 def check_args(args):
-    """Flags shared by the scripts; each bad value stops with one line."""
-    checks = [
-        (args.rollouts >= 2, f"--rollouts must be >= 2 (a group-mean baseline needs two), got {args.rollouts}"),
-        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
-        (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.temperature > 0 and args.trace_temperature > 0, f"--temperature and --trace-temperature must be > 0, got {args.temperature} and {args.trace_temperature}"),
-        (args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}"),
-        (args.micro_batch >= 1 and (args.prompts_per_step * args.rollouts) % args.micro_batch == 0,
-         f"batch {args.prompts_per_step}x{args.rollouts} is not divisible by --micro-batch {args.micro_batch}; give a divisor of {args.prompts_per_step * args.rollouts}"),
-    ]
-    if hasattr(args, "shaping"):  # offpolicy_rl.py
-        checks.append((args.clip is None or args.clip > 0, f"--clip must be > 0, got {args.clip}"))
-        checks.append((args.shaping is None or args.shaping > 0, f"--shaping must be > 0, got {args.shaping}"))
-    if hasattr(args, "sft_steps"):  # sft_rl.py
-        checks += [(args.sft_steps >= 0, f"--sft-steps must be >= 0, got {args.sft_steps}"),
-                   (0 <= args.sft_val_fraction < 1, f"--sft-val-fraction must be in [0, 1), got {args.sft_val_fraction}"),
-                   (args.sft_lr > 0, f"--sft-lr must be > 0, got {args.sft_lr}"),
-                   (args.sft_batch >= 1, f"--sft-batch must be >= 1, got {args.sft_batch}")]
-    if hasattr(args, "cut_min"):
-        checks.append((0 <= args.cut_min <= args.cut_max <= 1,
-                       f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {args.cut_min}..{args.cut_max}"))
+    """Every flag of `args` (any entry point's Args) in its range, and the combinations that a run needs;
+    the first bad one raises InputError, one line naming the flag and what it may be. Nothing is loaded."""
+    import typing
+
+    values, hints = vars(args), typing.get_type_hints(type(args))
+    for name, value in values.items():  # a choice given through the Python API (tyro refuses the others)
+        hint = hints.get(name)
+        hint = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint  # Tuple[Literal[...], ...]
+        if typing.get_origin(hint) is typing.Literal and not set(value if isinstance(value, tuple) else (value,)) <= set(typing.get_args(hint)):
+            raise InputError(f"{_flag(name)} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value}")
+    for name, (test, allowed) in FLAG_RANGES.items():
+        value = values.get(name)
+        items = value if isinstance(value, tuple) else (value,)
+        if name in values and value is not None and not (items and all(test(v) for v in items)):
+            raise InputError(f"{_flag(name)} must be {allowed}, got {value}")
+    a = args
+    checks = []
+    # PATHS AND THE MACHINE
+    for name in READ_FILES:
+        if values.get(name) and not os.path.isfile(values[name]):
+            raise InputError(f"{_flag(name)} must be an existing file, got '{values[name]}'")
+    for name in WRITTEN:
+        path = values.get(name)
+        is_file = name == "collect_traces_to" or name == "out" and str(path).endswith(".json")
+        if path and os.path.exists(path) and os.path.isdir(path) == is_file:
+            raise InputError(f"{_flag(name)} must be {'a file' if is_file else 'a directory'} (or a path where one can be made), got '{path}', which is not")
+    if "device" in values and not _device_ok(a.device):
+        raise InputError(f"--device must be cpu, or cuda, cuda:N or mps where this machine has one, got '{a.device}'")
+    if "python" in values and not shutil.which(a.python):
+        raise InputError(f"--python must be a Python interpreter that can be run, got '{a.python}'")
+    if "runs" in values:  # plot.py: a missing one among others is a note there
+        checks.append((any(glob.glob(os.path.expanduser(r)) for r in a.runs),
+                       f"RUNS must name run dirs, globs or parent dirs of run dirs, at least one that exists, got {' '.join(a.runs) or 'none'}"))
+    if "max_new_tokens" in values:  # bench/'s scripts have no task default to fall back on
+        least, why = (0, " (0: the task's default)") if "task" in values else (1, "")
+        checks.append((a.max_new_tokens >= least, f"--max-new-tokens must be >= {least}{why}, got {a.max_new_tokens}"))
+    # COMBINATIONS: what a run needs
+    if "micro_batch" in values:
+        checks.append(((a.prompts_per_step * a.rollouts) % a.micro_batch == 0,
+                       f"batch {a.prompts_per_step}x{a.rollouts} is not divisible by --micro-batch {a.micro_batch}; give a divisor of {a.prompts_per_step * a.rollouts}"))
+    if "cut_min" in values:  # prefixrl.py
+        checks.append((a.cut_min <= a.cut_max, f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {a.cut_min}..{a.cut_max}"))
+        checks.append((a.cut_max > 0, f"--cut-max must be > 0 (a cut at 0% of the reasoning is no prefix), got {a.cut_max}"))
+        n_prefixed = a.prompts_per_step if a.prefixed_only else round(a.prompts_per_step * a.prefixed_fraction)
+        checks.append((n_prefixed >= 1, f"--prefixed-fraction {a.prefixed_fraction} of --prompts-per-step {a.prompts_per_step} leaves no prefixed "
+                                        f"prompt per step (round({a.prompts_per_step} x {a.prefixed_fraction}) = 0); raise either (or run standard_rl.py)"))
+    if "shaping" in values and a.shaping is not None:  # offpolicy_rl.py: shaping replaces the ratio, so these would be ignored
+        for given, flag in ((a.clip is not None, "--clip"), (a.ratio != "token", "--ratio"), (not a.accept_correction, "--no-accept-correction")):
+            checks.append((not given, f"{flag} applies to importance ratios, which --shaping replaces: give --shaping or {flag}, not both"))
     for ok, msg in checks:
         if not ok:
             raise InputError(msg)
+    if "model" in values or "level" in values:
+        _check_task_and_model(args)
+
+
+def _check_task_and_model(a):
+    """The task's and the base model's flags, together. Their limits are tasks.py's and models.py's,
+    imported here, at call time, since both import utils. bench/'s scripts with a --model run arith."""
+    import models
+    import tasks
+
+    for flag, level in [("--levels", v) for v in getattr(a, "levels", ())] + [("--level", a.level)] * hasattr(a, "level"):
+        tasks.check_level(level, flag)
+    if not hasattr(a, "task"):
+        if a.model in models.TOY_MODELS:
+            raise InputError(f"--model {a.model} is a toy base model, with no chat template: this script's arith problems need a chat model")
+        return
+    tasks.check_task_flags(a.task, a.dataset)
+    if a.task.endswith(".jsonl") and not os.path.isfile(a.task):
+        raise InputError(f"--task must be 'toy', 'arith' or an existing .jsonl file, got '{a.task}'")
+    tasks.check_toy_length(a.toy_length)
+    toy_task, toy_model = a.task == "toy" and not a.dataset, a.model in models.TOY_MODELS
+    if toy_task:
+        tasks.check_hard_steps(a.toy_length, a.hard_min, a.hard_max)
+    if toy_model and not toy_task:
+        raise InputError(f"--model {a.model} is a toy base model, with no chat template: --task {a.dataset or a.task} needs a chat model")
+    if toy_task and (a.model.lower() == models.SMOLLM2 or a.model.endswith(".gguf")):
+        raise InputError(f"--task toy is written in the toy vocabulary: it needs --model {' or '.join(models.TOY_MODELS)} (or a policy/ dir of a toy run), got {a.model}")
+    if a.model == "toy-gpt2":  # learned positions: a context past them is an index error, not a worse guess
+        positions = models.toy_config("gpt2").n_positions
+        task = tasks.make_toy_task(a.toy_length, a.hard_min, a.hard_max, 1, 0, 0)
+        prefix = round(max(a.cut_max, 0.8 if a.prefixed_only else 0) * a.toy_length) if hasattr(a, "cut_max") else 0
+        longest = len(task.train[0].prompt_ids) + prefix + (a.max_new_tokens or task.max_new_tokens)
+        if longest > positions:
+            raise InputError(f"--model toy-gpt2 has {positions} positions, but prompt + longest prefix + response take {longest} at --toy-length "
+                             f"{a.toy_length}; lower --toy-length or --max-new-tokens")
 
 
 # SAMPLING: batched, left-padded, with a KV cache

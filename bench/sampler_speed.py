@@ -41,6 +41,7 @@ class Args:
 
 
 def main(args: Args):
+    utils.check_args(args)
     torch.set_num_threads(args.threads)
     print(f"per-token sampling time, {args.rows} rows, {args.device}, {args.threads} thread(s)")
     print("| vocab | before (CPU multinomial) | after (utils.draw) | speed-up |")
@@ -62,4 +63,5 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    with utils.clean_errors():
+        main(tyro.cli(Args))

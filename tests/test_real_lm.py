@@ -285,6 +285,7 @@ def test_dataset_flag_is_the_jsonl_task(tmp_path):
     (['{"problem": "a", "answer": "1", "split": "dev"}'], r"data.jsonl:1: field 'split'"),
     (['{"problem": "a", "answer": "1"}', '{"problem": "", "answer": "1"}'], r"data.jsonl:2: field 'problem' is empty"),
     (['{"problem": "a", "solution": "no box"}', '{"problem": "b", "solution": "\\\\boxed{}"}'], r"data.jsonl:2: field 'solution' is empty"),
+    (['{"problem": "a", "answer": "1"}', '{"problem": "b", "answer": "2"}'], "leaves no held-out problems"),  # 20% of 2 rounds to 0
 ])
 def test_bad_jsonl_stops_with_the_line(tmp_path, lines, message):
     with pytest.raises(utils.InputError, match=message) as e:

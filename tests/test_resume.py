@@ -176,10 +176,10 @@ def stops(capsys, fn):
 
 
 @pytest.mark.parametrize("settings,message", [
-    (dict(lr=0.0), "--lr must be > 0, got 0.0"),
+    (dict(lr=0.0), "--lr must be > 0 and finite, got 0.0"),
     (dict(lr=-1e-4), "--lr must be > 0"),
     (dict(micro_batch=5), "batch 4x4 is not divisible by --micro-batch 5; give a divisor of 16"),
-    (dict(micro_batch=0), "not divisible by --micro-batch 0"),
+    (dict(micro_batch=0), "--micro-batch must be >= 1, got 0"),
     (dict(save_every=0), "--save-every must be >= 1, got 0"),
 ])
 def test_flags_out_of_range(settings, message, tmp_path, capsys):

@@ -1,0 +1,173 @@
+"""Bad flags stop at start-up with one line (exit 2), before any model is loaded; --final-eval-samples is the
+final evaluation's size."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import models
+import offpolicy_rl
+import plot
+import prefixrl
+import reproduce
+import sft_rl
+import standard_rl
+import utils
+from test_smoke import ROOT, TINY
+
+SCRIPTS = {"prefixrl": prefixrl, "standard_rl": standard_rl, "sft_rl": sft_rl, "offpolicy_rl": offpolicy_rl}
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+
+
+def refused(script, tmp_path, message, **flags):
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(utils.InputError, match=message) as e:
+        SCRIPTS[script].main(SCRIPTS[script].Args(**{"run_dir": run_dir, "cache_dir": str(tmp_path / "cache"), **TINY, **flags}))
+    assert "\n" not in str(e.value) and not os.path.exists(run_dir)
+
+
+@pytest.mark.parametrize("script,flag,value,allowed", [
+    ("prefixrl", "cut_min", -0.1, r"in \[0, 1\]"),
+    ("prefixrl", "cut_max", 1.5, r"in \[0, 1\]"),
+    ("prefixrl", "prefixed_fraction", 1.5, r"in \[0, 1\]"),
+    ("prefixrl", "prefixed_fraction", -0.25, r"in \[0, 1\]"),
+    ("sft_rl", "sft_val_fraction", 1.0, r"in \[0, 1\)"),
+    ("sft_rl", "sft_val_fraction", -0.1, r"in \[0, 1\)"),
+])
+def test_fraction_out_of_range_is_refused_before_loading(script, flag, value, allowed, tmp_path, no_model_loading):
+    refused(script, tmp_path, f"--{flag.replace('_', '-')} must be {allowed}, got {value}", **{flag: value})
+
+
+@pytest.mark.parametrize("script,flag,least", [
+    ("standard_rl", "eval_every", 1), ("prefixrl", "eval_every", 1), ("sft_rl", "eval_every", 1), ("offpolicy_rl", "eval_every", 1),
+    ("standard_rl", "eval_samples", 1), ("offpolicy_rl", "final_eval_samples", 1), ("standard_rl", "prompts_per_step", 1),
+    ("prefixrl", "cuts_per_trace", 1), ("prefixrl", "n_train", 1), ("standard_rl", "n_heldout", 1), ("sft_rl", "trace_budget", 1),
+    ("prefixrl", "toy_pretrain_steps", 1), ("offpolicy_rl", "save_every", 1), ("standard_rl", "steps", 1),
+    ("sft_rl", "sft_batch", 1), ("standard_rl", "rollouts", 2),
+])
+def test_zero_count_is_refused_before_loading(script, flag, least, tmp_path, no_model_loading):
+    refused(script, tmp_path, f"--{flag.replace('_', '-')} must be >= {least}", **{flag: 0})
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(prompts_per_step=4, prefixed_fraction=0.1), r"leaves no prefixed prompt per step \(round\(4 x 0.1\) = 0\)"),
+    (dict(cut_min=0.0, cut_max=0.0), "--cut-max must be > 0"),
+    (dict(cut_min=0.9, cut_max=0.5), "cut range must satisfy"),
+    (dict(temperature=0.0), "--temperature must be >= 0.01 and finite"),
+    (dict(eval_temperature=float("nan")), "--eval-temperature must be >= 0.01 and finite"),
+    (dict(lr=float("inf")), "--lr must be > 0 and finite"),
+    (dict(grad_clip=-1.0), "--grad-clip must be > 0"),
+    (dict(seed=2**32), r"--seed must be in 0..2\*\*32-1"),
+    (dict(task_seed=-1), r"--task-seed must be in 0..2\*\*32-1"),
+    (dict(threads=utils.MAX_THREADS + 1), "--threads must be in 1..1024"),
+    (dict(max_new_tokens=-1), "--max-new-tokens must be >= 0"),
+    (dict(level=7), r"--level must be in 1..6"),
+    (dict(hard_min=5, hard_max=3), r"need 0 <= --hard-min <= --hard-max <= 11"),
+    (dict(toy_length=61), r"--toy-length must be in 2..60"),
+    (dict(device="banana"), "--device must be cpu"),
+    (dict(loss_agg="mean"), "--loss-agg must be one of token, sequence"),
+    (dict(task="chess"), "--task must be 'toy', 'arith'"),
+    (dict(task="missing.jsonl"), "--task must be 'toy', 'arith' or an existing .jsonl file"),
+    (dict(traces="missing.json"), "--traces must be an existing file"),
+    (dict(model="toy", task="arith"), "--model toy is a toy base model, with no chat template"),
+    (dict(model="smollm2-135m"), "--task toy is written in the toy vocabulary"),
+    (dict(model="toy-gpt2", max_new_tokens=200), "--model toy-gpt2 has 128 positions"),
+])
+def test_prefixrl_flag_and_combination_refused_before_loading(flags, message, tmp_path, no_model_loading):
+    refused("prefixrl", tmp_path, message, **flags)
+
+
+@pytest.mark.parametrize("script,flags,message", [
+    ("offpolicy_rl", dict(shaping=0.1, clip=2.0), "--clip applies to importance ratios, which --shaping replaces"),
+    ("offpolicy_rl", dict(shaping=0.1, ratio="sequence"), "--ratio applies to importance ratios"),
+    ("sft_rl", dict(sft_lr=0.0), "--sft-lr must be > 0"),
+    ("standard_rl", dict(cache_dir=__file__), "--cache-dir must be a directory"),
+])
+def test_script_flag_refused_before_loading(script, flags, message, tmp_path, no_model_loading):
+    refused(script, tmp_path, message, **flags)
+
+
+def test_toy_gpt2_context_must_fit_its_positions():
+    """prompt (L + 3) + longest prefix (round(0.8 L)) + response (L + 7): 128 positions at L = 42, 130 at 43."""
+    utils.check_args(prefixrl.Args(model="toy-gpt2", toy_length=42))
+    with pytest.raises(utils.InputError, match="take 130 at --toy-length 43"):
+        utils.check_args(prefixrl.Args(model="toy-gpt2", toy_length=43))
+
+
+def test_reproduce_and_plot_flags(tmp_path):
+    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 450 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("rl_n8",), extra="--eval-every 0", dry_run=True))
+    with pytest.raises(utils.InputError, match="does not suit standard_rl.py .method rl_n8.: Unrecognized options: --cut-min"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
+    with pytest.raises(utils.InputError, match="--extra must not give --run-dir"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--run-dir x", dry_run=True))
+    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 130"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--toy-length 60", dry_run=True))  # its traces: 63 + 67 tokens
+    with pytest.raises(utils.InputError, match="--seeds must be >= 1, got 0"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), seeds=0, dry_run=True))
+    assert not os.path.exists(tmp_path / "r")
+    with pytest.raises(utils.InputError, match="--smooth must be >= 1, got 0"):
+        plot.main(plot.Args(runs=(str(tmp_path),), out=str(tmp_path / "figures"), smooth=0))
+    with pytest.raises(utils.InputError, match="RUNS must name run dirs"):
+        plot.main(plot.Args(runs=(str(tmp_path / "nothing*"),), out=str(tmp_path / "figures")))
+    assert not os.path.exists(tmp_path / "figures")
+
+
+ENTRY_POINTS = [  # every entry point from the command line, with an empty cache: one line, exit 2, nothing pretrained
+    (["prefixrl.py", "--prefixed-fraction", "1.5"], "--prefixed-fraction must be in [0, 1], got 1.5"),
+    (["standard_rl.py", "--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+    (["sft_rl.py", "--sft-val-fraction", "1.5"], "--sft-val-fraction must be in [0, 1), got 1.5"),
+    (["offpolicy_rl.py", "--final-eval-samples", "0"], "--final-eval-samples must be >= 1, got 0"),
+    (["reproduce.py", "--dry-run", "--extra=--cut-min 2"], "--cut-min must be in [0, 1], got 2.0"),
+    (["plot.py", ".", "--smooth", "0"], "--smooth must be >= 1, got 0"),
+    (["bench/calibrate_arith.py", "--budget", "0"], "--budget must be >= 1, got 0"),
+    (["bench/calibrate_toy.py", "--n-heldout", "0"], "--n-heldout must be >= 1, got 0"),
+    (["bench/prefix_success.py", "--fractions", "0.2", "1.4"], "--fractions must be in [0, 1], got (0.2, 1.4)"),
+    (["bench/sampler_speed.py", "--rows", "0"], "--rows must be >= 1, got 0"),
+]
+
+
+def test_every_entry_point_refuses_a_bad_flag_with_one_line(tmp_path):
+    cache = str(tmp_path / "cache")
+    procs = [subprocess.Popen([sys.executable, *cmd, *(["--cache-dir", cache] if cmd[0].endswith("_rl.py") or "toy" in cmd[0] else [])],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for cmd, _ in ENTRY_POINTS]
+    for (cmd, message), proc in zip(ENTRY_POINTS, procs):  # all at once: most of each is importing torch
+        err = proc.communicate(timeout=300)[1]
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (cmd, proc.returncode, err)
+    assert not os.path.exists(cache)
+
+
+@pytest.mark.parametrize("script,n", [("prefixrl", 3), ("standard_rl", None), ("sft_rl", 5), ("offpolicy_rl", 1)])
+def test_final_eval_draws_the_samples_asked_for(script, n, toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """final_eval.json: n samples of each of the 4 training and 4 held-out problems (64 unless --final-eval-samples)."""
+    drawn, sample = [], utils.sample
+    monkeypatch.setattr(utils, "sample", lambda model, prompts, *a, **k: drawn.append(len(prompts)) or sample(model, prompts, *a, **k))
+    run_dir, module = str(tmp_path / "run"), SCRIPTS[script]
+    flags = dict(TINY, steps=1, **({"final_eval_samples": n} if n else {}), **({"sft_steps": 2} if script == "sft_rl" else {}))
+    module.main(module.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **flags))
+    n = n or 64
+    with open(os.path.join(run_dir, "final_eval.json")) as f:
+        final = json.load(f)
+    assert final["n"] == n and len(final["train_counts"]) == 4 and len(final["heldout_counts"]) == 4
+    assert all(0 <= c <= n for c in final["train_counts"] + final["heldout_counts"])
+    assert drawn[-2:] == [4 * n, 4 * n]  # the final evaluation's two draws, the run's last
+
+
+def test_prefixes_cut_to_no_token_log_no_prefixed_reward(toy_cache, teacher_traces, tmp_path):
+    """--cut-max 0.01 of 12 values rounds every cut to 0 tokens: no prefixed rollout, so no prefixed reward (not NaN)."""
+    run_dir = str(tmp_path / "run")
+    prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, cut_min=0.0, cut_max=0.01, **{**TINY, "steps": 1}))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
+    assert [r["train/reward_prefixed"] for r in rows if "train/grad_norm" in r] == [None]
