@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import tasks
+import utils
 from utils import InputError, check_output_logits
 
 
@@ -215,3 +216,40 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
     model = model.to(device)
     check_output_logits(model)  # training log-probs must be those of the distribution sampled from
     return model, tokenizer, model_id
+
+
+def check_args(args):
+    """utils.check_args (every flag in its range, the combinations a run needs), then the task's and the
+    base model's flags together, whose limits are tasks.py's and this file's. bench/'s scripts with a
+    --model run arith. The first bad one raises InputError, one line; nothing is loaded."""
+    utils.check_args(args)
+    if "model" in vars(args) or "level" in vars(args):
+        _check_task_and_model(args)
+
+
+def _check_task_and_model(a):
+    for flag, level in [("--levels", v) for v in getattr(a, "levels", ())] + [("--level", a.level)] * hasattr(a, "level"):
+        tasks.check_level(level, flag)
+    if not hasattr(a, "task"):
+        if a.model in TOY_MODELS:
+            raise InputError(f"--model {a.model} is a toy base model, with no chat template: this script's arith problems need a chat model")
+        return
+    tasks.check_task_flags(a.task, a.dataset)
+    if a.task.endswith(".jsonl") and not os.path.isfile(a.task):
+        raise InputError(f"--task must be 'toy', 'arith' or an existing .jsonl file, got '{a.task}'")
+    tasks.check_toy_length(a.toy_length)
+    toy_task, toy_model = a.task == "toy" and not a.dataset, a.model in TOY_MODELS
+    if toy_task:
+        tasks.check_hard_steps(a.toy_length, a.hard_min, a.hard_max)
+    if toy_model and not toy_task:
+        raise InputError(f"--model {a.model} is a toy base model, with no chat template: --task {a.dataset or a.task} needs a chat model")
+    if toy_task and (a.model.lower() == SMOLLM2 or a.model.endswith(".gguf")):
+        raise InputError(f"--task toy is written in the toy vocabulary: it needs --model {' or '.join(TOY_MODELS)} (or a policy/ dir of a toy run), got {a.model}")
+    if a.model == "toy-gpt2":  # learned positions: a context past them is an index error, not a worse guess
+        positions = toy_config("gpt2").n_positions
+        task = tasks.make_toy_task(a.toy_length, a.hard_min, a.hard_max, 1, 0, 0)
+        prefix = round(max(a.cut_max, 0.8 if a.prefixed_only else 0) * a.toy_length) if hasattr(a, "cut_max") else 0
+        longest = len(task.train[0].prompt_ids) + prefix + (a.max_new_tokens or task.max_new_tokens)
+        if longest > positions:
+            raise InputError(f"--model toy-gpt2 has {positions} positions, but prompt + longest prefix + response take {longest} at --toy-length "
+                             f"{a.toy_length}; lower --toy-length or --max-new-tokens")

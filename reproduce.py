@@ -110,7 +110,7 @@ def collect_other_traces(path, extra):
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
-    utils.check_args(collection_args(run))
+    models.check_args(collection_args(run))
     utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
@@ -134,6 +134,7 @@ def check_runs(args):
     import importlib
     import io
 
+    import models
     import utils
 
     try:
@@ -156,9 +157,9 @@ def check_runs(args):
             why = " ".join(body[: body.index("")] if "" in body else body) or f"see python {script} --help"
             raise utils.InputError(f"--extra {args.extra!r} does not suit {script} (method {method}): {why}") from None
         try:
-            utils.check_args(run)
+            models.check_args(run)
             if method == "prefixrl_other_family":
-                utils.check_args(collection_args(run))
+                models.check_args(collection_args(run))
         except utils.InputError as e:
             raise utils.InputError(f"method {method} ({shlex.join([script, *flags])}): {e}") from None
 

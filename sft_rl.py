@@ -174,7 +174,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 
 def main(args: Args):
     args = utils.resume_args(args, "sft_rl")  # --resume RUN_DIR: the run's own flags
-    utils.check_args(args)
+    models.check_args(args)
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS

@@ -274,41 +274,6 @@ def check_args(args):
     for ok, msg in checks:
         if not ok:
             raise InputError(msg)
-    if "model" in values or "level" in values:
-        _check_task_and_model(args)
-
-
-def _check_task_and_model(a):
-    """The task's and the base model's flags, together. Their limits are tasks.py's and models.py's,
-    imported here, at call time, since both import utils. bench/'s scripts with a --model run arith."""
-    import models
-    import tasks
-
-    for flag, level in [("--levels", v) for v in getattr(a, "levels", ())] + [("--level", a.level)] * hasattr(a, "level"):
-        tasks.check_level(level, flag)
-    if not hasattr(a, "task"):
-        if a.model in models.TOY_MODELS:
-            raise InputError(f"--model {a.model} is a toy base model, with no chat template: this script's arith problems need a chat model")
-        return
-    tasks.check_task_flags(a.task, a.dataset)
-    if a.task.endswith(".jsonl") and not os.path.isfile(a.task):
-        raise InputError(f"--task must be 'toy', 'arith' or an existing .jsonl file, got '{a.task}'")
-    tasks.check_toy_length(a.toy_length)
-    toy_task, toy_model = a.task == "toy" and not a.dataset, a.model in models.TOY_MODELS
-    if toy_task:
-        tasks.check_hard_steps(a.toy_length, a.hard_min, a.hard_max)
-    if toy_model and not toy_task:
-        raise InputError(f"--model {a.model} is a toy base model, with no chat template: --task {a.dataset or a.task} needs a chat model")
-    if toy_task and (a.model.lower() == models.SMOLLM2 or a.model.endswith(".gguf")):
-        raise InputError(f"--task toy is written in the toy vocabulary: it needs --model {' or '.join(models.TOY_MODELS)} (or a policy/ dir of a toy run), got {a.model}")
-    if a.model == "toy-gpt2":  # learned positions: a context past them is an index error, not a worse guess
-        positions = models.toy_config("gpt2").n_positions
-        task = tasks.make_toy_task(a.toy_length, a.hard_min, a.hard_max, 1, 0, 0)
-        prefix = round(max(a.cut_max, 0.8 if a.prefixed_only else 0) * a.toy_length) if hasattr(a, "cut_max") else 0
-        longest = len(task.train[0].prompt_ids) + prefix + (a.max_new_tokens or task.max_new_tokens)
-        if longest > positions:
-            raise InputError(f"--model toy-gpt2 has {positions} positions, but prompt + longest prefix + response take {longest} at --toy-length "
-                             f"{a.toy_length}; lower --toy-length or --max-new-tokens")
 
 
 # SAMPLING: batched, left-padded, with a KV cache

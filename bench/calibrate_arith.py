@@ -47,7 +47,7 @@ class Args:
 
 
 def main(args: Args):
-    utils.check_args(args)
+    models.check_args(args)
     _, generator = utils.seed_everything(args.seed, args.threads)
     model, tokenizer, _ = models.load_model(args.model, "cache", args.device)
     model.eval()

@@ -28,7 +28,7 @@ import utils  # noqa: E402
 
 @torch.no_grad()
 def main(args: prefixrl.Args):
-    utils.check_args(args)
+    models.check_args(args)
     torch.set_num_threads(args.threads)
     model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     model.eval()

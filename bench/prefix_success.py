@@ -60,7 +60,7 @@ class Args:
 
 
 def main(args: Args):
-    utils.check_args(args)
+    models.check_args(args)
     start = time.time()
     _, generator = utils.seed_everything(args.seed, args.threads)
     model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device)

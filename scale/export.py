@@ -52,7 +52,7 @@ def text_round_trips(tokenizer, texts, ids):
 
 
 def main(args: Args):
-    utils.check_args(args)
+    models.check_args(args)
     rng, _ = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS, TRACES: as the scripts find them

@@ -99,9 +99,9 @@ def test_script_flag_refused_before_loading(script, flags, message, tmp_path, no
 
 def test_toy_gpt2_context_must_fit_its_positions():
     """prompt (L + 3) + longest prefix (round(0.8 L)) + response (L + 7): 128 positions at L = 42, 130 at 43."""
-    utils.check_args(prefixrl.Args(model="toy-gpt2", toy_length=42))
+    models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=42))
     with pytest.raises(utils.InputError, match="take 130 at --toy-length 43"):
-        utils.check_args(prefixrl.Args(model="toy-gpt2", toy_length=43))
+        models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=43))
 
 
 def test_reproduce_and_plot_flags(tmp_path):
