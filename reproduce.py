@@ -4,12 +4,11 @@
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
     python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
 
-One run goes first, with --jobs torch threads: it pretrains the toy base model and collects the
+One run goes first, alone, with --jobs torch threads: it pretrains the toy base model and collects the
 traces, both cached in cache/ and reused by every other run (same model, problems, budget and trace
 seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
-among the methods, a job beside the first one (one of its threads) pretrains the second base model, of
-another family (models.py: "toy-gpt2"), and collects its own traces into OUT/traces/toy-gpt2.json
-(another model and cache, so the two never race); the prefixrl_other_family runs
+among the methods, the first of them is the second base model, of another family (models.py:
+"toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
 wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
@@ -75,8 +74,8 @@ class Job:
     run_dir: Optional[str]
     log: str
     threads: int = 1
-    needs: tuple = ()
-    """names of the jobs that must finish first (the base model's run; the other family's traces)"""
+    needs: Optional[str] = None
+    """the name of a job that must finish first (the other family's traces)"""
 
     def set_threads(self, n):
         self.threads = n
@@ -221,11 +220,11 @@ def run_pool(jobs, width, python, counter):
     pending, running, failed, done = list(jobs), [], [], set()
     try:
         while pending or running:
-            for job in [j for j in pending if set(j.needs) & set(failed)]:
+            for job in [j for j in pending if j.needs in failed]:
                 pending.remove(job)
                 failed.append(job.name)
-                print(f"{job.name} not run: {', '.join(sorted(set(job.needs) & set(failed)))} failed", flush=True)
-            while len(running) < width and (ready := [j for j in pending if set(j.needs) <= done]):
+                print(f"{job.name} not run: {job.needs} failed", flush=True)
+            while len(running) < width and (ready := [j for j in pending if j.needs is None or j.needs in done]):
                 job = ready[0]
                 pending.remove(job)
                 running.append((job, start(job, python), time.time()))
@@ -271,21 +270,22 @@ def main(args: Args):
             aside.append(j.run_dir)
             print(f"# {j.name}: an unfinished run in {j.run_dir} is moved to {j.run_dir}.partial-<time> and run again")
         todo.append(j)
-    ordered, beside = list(todo), []
+    ordered = list(todo)
     if any(j.name.startswith("prefixrl_other_family") for j in todo) and not os.path.exists(os.path.join(ROOT, other_traces_path(out))):
-        beside = [other_traces_job(args)]  # the other family's base model and traces: beside the first run
+        traces = other_traces_job(args)  # the other family's base model and traces: early, its runs last
+        for j in todo:
+            j.needs = traces.name if j.name.startswith("prefixrl_other_family") else None
+        ordered = [j for j in todo if j.needs is None]
+        ordered = ordered[:1] + [traces] + ordered[1:] + [j for j in todo if j.needs]
     first, rest = ordered[:1], ordered[1:]  # the first builds the base model and the trace cache for all
-    for j in rest:
-        j.needs = tuple(k.name for k in first + (beside if j.name.startswith("prefixrl_other_family") else []))
-    ordered = first + beside + rest
     for j in first:
-        j.set_threads(max(1, args.jobs - len(beside)))  # every core the job beside it leaves
+        j.set_threads(max(1, args.jobs))  # alone: every core
     plot_cmd = f"python plot.py {os.path.join(out, 'runs')} --out {os.path.join(out, 'figures')}"
     if args.dry_run:
         for i, j in enumerate(ordered):
             if i == 0:
-                print("# first (builds the base model and the trace cache)" + (", the other family's traces beside it:" if beside else ":"))
-            if i == len(first + beside):
+                print("# first, alone (builds the base model and the trace cache):")
+            if i == 1:
                 print(f"# then, {args.jobs} at a time (runs that need the other family's traces wait for them):")
             print(shlex.join(j.cmd) + f"  > {j.log}")
         print("# then the figures:")
@@ -295,11 +295,12 @@ def main(args: Args):
         os.rename(os.path.join(ROOT, run_dir), os.path.join(ROOT, f"{run_dir}.partial-{int(time.time())}"))
     counter, failed = [0, len(ordered)], []
     if todo:
-        print(f"{len(todo)} run(s) to go; {first[0].name} goes first: it builds the base model and the trace cache for all", flush=True)
-        failed = run_pool(ordered, max(1, args.jobs), args.python, counter)
-        if first[0].name in failed:
-            print(f"the first run failed: the others were not started (see {first[0].log})")
+        print(f"{len(todo)} run(s) to go; {first[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)
+        failed = run_pool(first, 1, args.python, counter)
+        if failed:
+            print(f"the first run failed: the others are not started (see {first[0].log})")
             return 1
+        failed = run_pool(rest, max(1, args.jobs), args.python, counter)
 
     import plot  # matplotlib only now
 

@@ -331,12 +331,13 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
         for m, f in flags.items():
             script, _, extra = f.partition(" ")
             want.append(f"python {script} --seed {s} --threads 1 --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
-    # the first run gets every core but the one of the job beside it: the other family's traces, which
-    # the runs that use them wait for
-    want = want[:1] + [f"python reproduce.py --collect-traces-to {traces} '--extra=--hard-min 9 --hard-max 9'"] + want[1:]
+    want[0] = want[0].replace("--threads 1", "--threads 2")  # the first run is alone and gets every core (--jobs)
+    # the other family's traces right after it, the runs that need them last
+    other = [w for w in want if "--traces" in w]
+    want = [w for w in want if "--traces" not in w]
+    want = want[:1] + [f"python reproduce.py --collect-traces-to {traces} '--extra=--hard-min 9 --hard-max 9'"] + want[1:] + other
     assert cmds == want
-    assert lines[0].startswith("# first (builds the base model and the trace cache), the other family's traces beside it")
-    assert lines[3].startswith("# then, 2 at a time")
+    assert lines[0].startswith("# first, alone") and lines[2].startswith("# then, 2 at a time")
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
 
 
@@ -393,13 +394,13 @@ def test_reproduce_runs_first_alone_then_the_rest_then_plots(tmp_path, monkeypat
 
 
 def test_reproduce_runs_a_job_only_after_the_job_it_needs(tmp_path, capsys):
-    def job(name, code, needs=()):
+    def job(name, code, needs=None):
         return reproduce.Job(name, ["python", "-c", code], None, str(tmp_path / f"{name}.log"), needs=needs)
 
     order = tmp_path / "order"
     write = "import time; time.sleep({}); open(r'%s', 'a').write('{} ')" % order
-    jobs = [job("late", write.format(0, "late"), needs=("traces",)), job("traces", write.format(1.5, "traces")),
-            job("bad", "raise SystemExit(3)"), job("orphan", write.format(0, "orphan"), needs=("traces", "bad"))]
+    jobs = [job("late", write.format(0, "late"), needs="traces"), job("traces", write.format(1.5, "traces")),
+            job("bad", "raise SystemExit(3)"), job("orphan", write.format(0, "orphan"), needs="bad")]
     failed = reproduce.run_pool(jobs, 2, sys.executable, [0, len(jobs)])
     assert sorted(failed) == ["bad", "orphan"] and order.read_text().split() == ["traces", "late"]
     assert "orphan not run: bad failed" in capsys.readouterr().out
