@@ -98,6 +98,16 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = 
     return path
 
 
+def disable_dropout(model):
+    """Dropout off (as TRL does for RL): the loss runs in train mode and must see the very policy that
+    sampled in eval mode, not a randomly thinned one (GPT-2 and some hub models ship with dropout on)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):  # functional attention dropout (Llama, Qwen...)
+            m.attention_dropout = 0.0
+
+
 def enable_activation_checkpointing(model):
     """Recompute each layer's activations in the backward pass (gradient checkpointing); sampling, in
     eval mode, is unaffected. transformers renamed the method; either name works."""
@@ -214,6 +224,7 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
     else:
         model_id = os.path.join(os.path.abspath(path), gguf_file) if gguf_file else os.path.abspath(path)
     model = model.to(device)
+    disable_dropout(model)
     check_output_logits(model)  # training log-probs must be those of the distribution sampled from
     return model, tokenizer, model_id
 

@@ -152,7 +152,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     weights = weights * advantages[:, None].to(weights) * (1.0 if token_weights is None else token_weights)  # and the importance weights
     entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, None
     for s in range(0, len(ids), micro_batch):
-        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature)
+        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature, loss_mask[s : s + micro_batch])
         (-(weights[s : s + micro_batch] * logp).sum()).backward()
         entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
         if n_micro > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch

@@ -356,21 +356,60 @@ def make_batch(contexts, responses, pad_id, device):
     return ids.to(device), attn.to(device), loss_mask.to(device)
 
 
-def token_logprobs(model, ids, attn, temperature=1.0, chunk=1024):
+def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
     pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
     distribution sample() draws from at temperature T. The lm head runs on `chunk` positions at a time
-    (recomputed in backward), so full-vocabulary fp32 logits never exist for the whole batch at once."""
+    (recomputed in backward), so full-vocabulary fp32 logits never exist for the whole batch at once.
+    needed (the loss mask, [B, T-1]): only these positions are wanted (the others come back 0), so the
+    context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
+    n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute."""
     with autocast(ids.device):
-        hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
-    targets = ids[:, 1:]
+        shared = _shared_context_hidden(model, ids, attn, needed) if needed is not None else None
+        hidden, targets = shared or (model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1], ids[:, 1:])
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     logps, ents = [], []
     for s in range(0, flat_h.shape[0], chunk):
         lp, ent = torch.utils.checkpoint.checkpoint(_head_logprobs, model, flat_h[s : s + chunk], flat_t[s : s + chunk], temperature, use_reentrant=False)
         logps.append(lp)
         ents.append(ent)
-    return torch.cat(logps).view_as(targets), torch.cat(ents).view_as(targets)
+    logp, ent = torch.cat(logps).view_as(targets), torch.cat(ents).view_as(targets)
+    if shared is None:  # already [B, T-1]
+        return logp, ent
+    # back to the [B, T-1] layout: position t holds the row's (t - start)-th token after its context
+    start = (needed.cumsum(1) == 0).sum(1, keepdim=True)
+    k = torch.arange(needed.shape[1], device=ids.device)[None] - start
+    valid = (k >= 0) & (k < attn.sum(1, keepdim=True) - 1 - start)
+    k = k.clamp(0, targets.shape[1] - 1)
+    return logp.gather(1, k) * valid, ent.gather(1, k) * valid
+
+
+def _shared_context_hidden(model, ids, attn, needed):
+    """Final hidden states predicting each row's tokens after its context, [B, R, H], and those tokens,
+    [B, R] (right-padded): each distinct context (the tokens before a row's first needed position, + 1)
+    runs once, left-padded, and its KV cache is copied to the rows that continue it. None when no two rows
+    share a context, or with gradient checkpointing (which turns the KV cache off)."""
+    starts = (needed.cumsum(1) == 0).sum(1).tolist()  # index of the first needed position
+    lengths = attn.sum(1).tolist()
+    contexts = [tuple(row[: s + 1]) for row, s in zip(ids.tolist(), starts)]
+    distinct = {}
+    rows = torch.tensor([distinct.setdefault(c, len(distinct)) for c in contexts], device=ids.device)
+    rest = max(n - s - 1 for n, s in zip(lengths, starts))  # longest row after its context
+    if len(distinct) == len(contexts) or rest < 1 or getattr(model, "is_gradient_checkpointing", False):
+        return None
+    width = max(len(c) for c in distinct)
+    ctx = torch.tensor([[0] * (width - len(c)) + list(c) for c in distinct], device=ids.device)
+    ctx_mask = (torch.arange(width, device=ids.device)[None] >= torch.tensor([width - len(c) for c in distinct], device=ids.device)[:, None]).long()
+    out = model.base_model(input_ids=ctx, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    past = out.past_key_values
+    past.batch_select_indices(rows)
+    # the rest of each row (its response), right-padded, after its context's cache
+    index = (torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)).clamp(max=ids.shape[1] - 1)
+    tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (index < torch.tensor(lengths, device=ids.device)[:, None])
+    position = torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)
+    tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask[rows], tail_mask], 1), position_ids=position,
+                                   past_key_values=past, use_cache=True).last_hidden_state
+    return torch.cat([out.last_hidden_state[rows, -1:], tail_hidden[:, :-1]], 1), tail
 
 
 def _head_logprobs(model, h, t, temperature):
@@ -397,22 +436,29 @@ def output_logits(model, hidden):
 
 @torch.no_grad()
 def check_output_logits(model, tolerance=1e-4):
-    """Refuse a model whose forward computes its logits in a way output_logits does not reproduce:
-    training would then follow another distribution than sampling. One short forward at start-up."""
-    device = next(model.parameters()).device
-    ids = torch.arange(1, 5, device=device)[None] % model.config.get_text_config().vocab_size
-    attn = torch.ones_like(ids)
+    """Refuse a model whose training log-probs differ from its sampling distribution: token_logprobs in
+    train mode (as the loss runs it; dropout would show here), whole rows and with a shared context,
+    against log_softmax of model(...)'s logits in eval mode (as sample() runs it). Three short forwards at start-up."""
+    device, training = next(model.parameters()).device, model.training
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 4, 3]], device=device) % model.config.get_text_config().vocab_size
+    attn, needed = torch.ones_like(ids), torch.tensor([[0, 1, 1], [0, 1, 1]], device=device)
     try:
-        got, _ = token_logprobs(model, ids, attn)
+        model.train()
+        got, shared = token_logprobs(model, ids, attn)[0], token_logprobs(model, ids, attn, needed=needed)[0]
+        model.eval()
         with autocast(device):
             logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         want = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-        gap = (got - want).abs().max().item()
-    except Exception as e:  # no base_model / output embeddings in the usual place
+        gap, shared_gap = (got - want).abs().max().item(), ((shared - want) * needed).abs().max().item()
+    except Exception as e:  # no base_model / output embeddings in the usual place, no KV cache
         raise InputError(f"{type(model).__name__} is not supported: its log-probs cannot be computed a chunk at a time ({type(e).__name__}: {e})") from None
+    finally:
+        model.train(training)
     if not gap <= tolerance:
-        raise InputError(f"{type(model).__name__} is not supported: its forward transforms the logits in a way prefixrl does not reproduce "
-                         f"(log-probs differ by {gap:.2g}), so training would not follow the distribution it samples from")
+        raise InputError(f"{type(model).__name__} is not supported: its forward transforms the logits in a way prefixrl does not reproduce, "
+                         f"or it is random in train mode (log-probs differ by {gap:.2g}), so training would not follow the distribution it samples from")
+    if not shared_gap <= (0.1 if device.type == "cuda" else 1e-3):  # other shapes, other rounding: bf16 on CUDA, fp32 elsewhere
+        raise InputError(f"{type(model).__name__} is not supported: continuing a shared context from its KV cache changes the log-probs (by {shared_gap:.2g})")
 
 
 def group_advantages(rewards, group_size, std_normalize=False):

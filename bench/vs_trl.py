@@ -17,6 +17,10 @@ What differs between the two steps besides the trainer around them:
 - sampling: utils.sample prefills each distinct prompt once and copies its KV cache to the prompt's 8
   rows, then draws by inverse CDF; TRL calls transformers' generate on all 128 rows (each prompt
   prefilled 8 times) with its logits processors;
+- the forward: utils.token_logprobs runs a group's shared prompt once per micro-batch and its 8 responses
+  from that prompt's KV cache (as sampling does), so each step's forward and backward cover about 600
+  token positions per micro-batch of 32 instead of 1,024 (the toy's prompt is 15 of 32 tokens); TRL runs
+  every row whole;
 - the loss: standard_rl.py recomputes the lm head in the backward pass (a chunk of positions at a time)
   and computes train/grad_std (per-parameter norms of the gradient after each micro-batch); TRL's fused head
   computes log-probs and entropies in tiles;

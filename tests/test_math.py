@@ -26,11 +26,12 @@ def tiny_model(seed=0):
 
 
 def random_batch(seed=0):
-    """8 rollouts: prompt + prefix (context) of varying length, responses of varying length, pads."""
+    """8 rollouts: prompt + prefix (context) of varying length, responses of varying length, pads.
+    As in the scripts' batches, rollouts share contexts: rows 0-3 one, rows 4-5 another, 6 and 7 their own."""
     g = torch.Generator().manual_seed(seed)
-    contexts, responses = [], []
+    shared = [torch.randint(5, len(tasks.VOCAB), (n,), generator=g).tolist() for n in (6, 7, 8, 8)]
+    contexts, responses = [shared[k] for k in (0, 0, 0, 0, 1, 1, 2, 3)], []
     for i in range(8):
-        contexts.append(torch.randint(5, len(tasks.VOCAB), (6 + i % 3,), generator=g).tolist())
         responses.append(torch.randint(5, len(tasks.VOCAB), (3 + (5 * i) % 7,), generator=g).tolist())
     return contexts, responses
 
@@ -114,7 +115,7 @@ def test_grad_std_leaves_the_gradient_bit_identical(script):
     model = tiny_model()
     weights = mask / mask.sum() * advantages[:, None]
     for s in range(0, 8, 2):
-        logp, _ = utils.token_logprobs(model, ids[s : s + 2], attn[s : s + 2], 1.0)
+        logp, _ = utils.token_logprobs(model, ids[s : s + 2], attn[s : s + 2], 1.0, mask[s : s + 2])
         (-(weights[s : s + 2] * logp).sum()).backward()
     assert torch.equal(with_std, grads(model))
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 import models
 import tasks
@@ -57,8 +58,6 @@ def test_smollm2_loads_from_the_wheel_and_samples(smollm2, arith):
 
 def tiny_lm(kind):
     """A random model of this class (no weights to download), with its logit transform switched on."""
-    import transformers
-
     extra = {"gemma2": dict(final_logit_softcapping=0.5), "granite": dict(logits_scaling=4.0)}.get(kind, {})
     config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
                                  "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "granite": ("GraniteConfig", "GraniteForCausalLM")}[kind]
@@ -93,6 +92,45 @@ def test_training_log_probs_are_those_of_the_models_own_logits(kind, temperature
     for ratio in ["token", "sequence"]:
         w, _ = offpolicy_rl.trace_weights(logp, behaviour, mask, torch.zeros(len(ids)), weight_args(ratio))
         torch.testing.assert_close(w[mask > 0], torch.ones(int(mask.sum())), rtol=0, atol=1e-5)
+    utils.check_output_logits(model)
+
+
+@pytest.mark.parametrize("kind", LM_KINDS + ["toy-gpt2"])
+def test_a_shared_context_runs_once_with_the_same_log_probs_and_gradient(kind):
+    """token_logprobs(..., needed=loss_mask) runs each distinct context once (a group's rollouts share
+    theirs) and the rest of each row from its KV cache: on contexts of three lengths and ragged responses,
+    the same log-probs, entropies and gradient as one forward of every whole row."""
+    if kind == "toy-gpt2":
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(models.toy_config("gpt2", n_embd=32, n_layer=2))
+        models.disable_dropout(model)  # as load_model does
+    else:
+        model = tiny_lm(kind)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    distinct = [torch.randint(3, 50, (n,), generator=g).tolist() for n in (4, 6, 7)]
+    contexts = [distinct[k] for k in (0, 0, 0, 1, 1, 2)]
+    responses = [torch.randint(3, 50, (2 + 3 * i % 5,), generator=g).tolist() for i in range(6)]
+    ids, attn, mask = utils.make_batch(contexts, responses, 0, "cpu")
+    weights = torch.randn(mask.shape, generator=g) * mask
+    out = []
+    for needed in [None, mask]:
+        model.zero_grad()
+        logp, ent = utils.token_logprobs(model, ids, attn, 0.7, needed, chunk=7)
+        (weights * logp).sum().backward()
+        out.append((logp * mask, ent * mask, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    for full, shared in zip(*out):
+        torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_is_switched_off_so_that_the_loss_sees_the_policy_that_sampled():
+    """The loss runs in train mode, sampling in eval mode: with dropout on (GPT-2's default) they are two
+    different distributions. check_output_logits (run by load_model) refuses such a model; load_model
+    switches dropout off first."""
+    model = transformers.GPT2LMHeadModel(models.toy_config("gpt2", n_embd=32, n_layer=2, resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))
+    with pytest.raises(utils.InputError, match="random in train mode"):
+        utils.check_output_logits(model)
+    models.disable_dropout(model)
     utils.check_output_logits(model)
 
 
