@@ -117,6 +117,11 @@ BUGS = [
         "    return traces, sum(t.flops for t in traces.values())", traces("rejection")),
     Bug("utils.collect_traces: the cache key lacks the temperature", "utils.py", "budget=budget, temperature=temperature, seed=seed,",
         "budget=budget, seed=seed,", traces("another_setting")),
+    Bug("utils.token_logprobs: rollouts continue a shared context one position off", "utils.py",
+        "position = torch.tensor(starts, device=ids.device)[:, None] + 1 + ", "position = torch.tensor(starts, device=ids.device)[:, None] + ",
+        ("tests/test_real_lm.py", "shared")),
+    Bug("models.load_model: dropout left on (the loss sees another policy than sampling)", "models.py", "            m.p = 0.0", "            pass",
+        ("tests/test_real_lm.py", "dropout")),
 ]
 
 
