@@ -292,17 +292,8 @@ def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generato
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
     device = next(model.parameters()).device
-    # prefill each distinct prompt once, then copy its KV cache to every row that samples from it
-    distinct = {}
-    rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
-    width = max(len(p) for p in distinct)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in distinct], device=device)
-    mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(p) for p in distinct], device=device)[:, None]).long()
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1][rows]
-    past.batch_select_indices(rows)
-    mask, position = mask[rows], position[rows][:, -1:]
+    out, rows, mask = prefill_once(model, prompts, pad_id, device)
+    past, logits, position = out.past_key_values, out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
     out_tokens, out_lp = [], []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
@@ -324,6 +315,21 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         responses.append(row[:n])
         logprobs.append(lp[:n])
     return responses, logprobs
+
+
+def prefill_once(forward, sequences, pad_id, device):
+    """Run each distinct sequence once (a group's rollouts share their prompt), left-padded, positions
+    counting real tokens only, and copy its KV cache to every row that holds it. Returns (out, rows, mask):
+    forward's output for the distinct sequences (its past_key_values already one row per sequence),
+    rows[i] = sequence i's distinct index, mask = the rows' left-padded attention mask."""
+    distinct = {}
+    rows = torch.tensor([distinct.setdefault(tuple(x), len(distinct)) for x in sequences], device=device)
+    width = max(len(x) for x in distinct)
+    ids = torch.tensor([[pad_id] * (width - len(x)) + list(x) for x in distinct], device=device)
+    mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(x) for x in distinct], device=device)[:, None]).long()
+    out = forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    out.past_key_values.batch_select_indices(rows)
+    return out, rows, mask[rows]
 
 
 def draw(logits, temperature, generator):
@@ -386,29 +392,22 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
 
 def _shared_context_hidden(model, ids, attn, needed):
     """Final hidden states predicting each row's tokens after its context, [B, R, H], and those tokens,
-    [B, R] (right-padded): each distinct context (the tokens before a row's first needed position, + 1)
-    runs once, left-padded, and its KV cache is copied to the rows that continue it. None when no two rows
+    [B, R] (right-padded): each distinct context (the tokens up to a row's first needed position) runs
+    once (prefill_once) and the rest of each row continues from its KV cache. None when no two rows
     share a context, or with gradient checkpointing (which turns the KV cache off)."""
     starts = (needed.cumsum(1) == 0).sum(1).tolist()  # index of the first needed position
     lengths = attn.sum(1).tolist()
     contexts = [tuple(row[: s + 1]) for row, s in zip(ids.tolist(), starts)]
-    distinct = {}
-    rows = torch.tensor([distinct.setdefault(c, len(distinct)) for c in contexts], device=ids.device)
     rest = max(n - s - 1 for n, s in zip(lengths, starts))  # longest row after its context
-    if len(distinct) == len(contexts) or rest < 1 or getattr(model, "is_gradient_checkpointing", False):
+    if len(set(contexts)) == len(contexts) or rest < 1 or getattr(model, "is_gradient_checkpointing", False):
         return None
-    width = max(len(c) for c in distinct)
-    ctx = torch.tensor([[0] * (width - len(c)) + list(c) for c in distinct], device=ids.device)
-    ctx_mask = (torch.arange(width, device=ids.device)[None] >= torch.tensor([width - len(c) for c in distinct], device=ids.device)[:, None]).long()
-    out = model.base_model(input_ids=ctx, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-    past = out.past_key_values
-    past.batch_select_indices(rows)
-    # the rest of each row (its response), right-padded, after its context's cache
-    index = (torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)).clamp(max=ids.shape[1] - 1)
-    tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (index < torch.tensor(lengths, device=ids.device)[:, None])
+    out, rows, ctx_mask = prefill_once(model.base_model, contexts, 0, ids.device)
+    # the rest of each row (its response), right-padded, at the positions it has in the whole row
     position = torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)
-    tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask[rows], tail_mask], 1), position_ids=position,
-                                   past_key_values=past, use_cache=True).last_hidden_state
+    index = position.clamp(max=ids.shape[1] - 1)
+    tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (position < torch.tensor(lengths, device=ids.device)[:, None])
+    tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
+                                   past_key_values=out.past_key_values, use_cache=True).last_hidden_state
     return torch.cat([out.last_hidden_state[rows, -1:], tail_hidden[:, :-1]], 1), tail
 
 
