@@ -371,7 +371,8 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
     n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute."""
     with autocast(ids.device):
-        shared = _shared_context_hidden(model, ids, attn, needed) if needed is not None else None
+        start = None if needed is None else (needed.cumsum(1) == 0).sum(1, keepdim=True)  # each row's first needed position
+        shared = None if start is None else _shared_context_hidden(model, ids, attn, start[:, 0].tolist())
         hidden, targets = shared or (model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1], ids[:, 1:])
     flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     logps, ents = [], []
@@ -383,19 +384,17 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     if shared is None:  # already [B, T-1]
         return logp, ent
     # back to the [B, T-1] layout: position t holds the row's (t - start)-th token after its context
-    start = (needed.cumsum(1) == 0).sum(1, keepdim=True)
     k = torch.arange(needed.shape[1], device=ids.device)[None] - start
     valid = (k >= 0) & (k < attn.sum(1, keepdim=True) - 1 - start)
     k = k.clamp(0, targets.shape[1] - 1)
     return logp.gather(1, k) * valid, ent.gather(1, k) * valid
 
 
-def _shared_context_hidden(model, ids, attn, needed):
+def _shared_context_hidden(model, ids, attn, starts):
     """Final hidden states predicting each row's tokens after its context, [B, R, H], and those tokens,
-    [B, R] (right-padded): each distinct context (the tokens up to a row's first needed position) runs
+    [B, R] (right-padded): each distinct context (row i's tokens up to starts[i], its first needed position) runs
     once (prefill_once) and the rest of each row continues from its KV cache. None when no two rows
     share a context, or with gradient checkpointing (which turns the KV cache off)."""
-    starts = (needed.cumsum(1) == 0).sum(1).tolist()  # index of the first needed position
     lengths = attn.sum(1).tolist()
     contexts = [tuple(row[: s + 1]) for row, s in zip(ids.tolist(), starts)]
     rest = max(n - s - 1 for n, s in zip(lengths, starts))  # longest row after its context
