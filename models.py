@@ -39,7 +39,8 @@ def toy_config(arch: str = "llama", **overrides):
 
 def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3,
                  name: str = "toy"):
-    """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine."""
+    """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine, bf16
+    mixed precision (the weights stay float32; RL later runs in float32)."""
     from transformers import AutoModelForCausalLM
     from tqdm import tqdm
 
@@ -56,8 +57,9 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
     bar = tqdm(range(steps), desc=f"pretrain {name} base model", mininterval=2)
     for _ in bar:
         ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps, teacher))
-        logits = model(ids).logits[:, prompt_len - 1 : -1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as LMs are pretrained: ~1.2-1.7x faster on CPU
+            logits = model(ids).logits[:, prompt_len - 1 : -1]
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -77,7 +79,8 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = 
     """The cached toy base model, pretrained on first use; keyed by its config, teacher, pretraining steps, seed and task length."""
     tasks.check_toy_length(length)  # before any pretraining
     arch, teacher = TOY_MODELS[name]
-    spec = dict(config=toy_config(arch).to_dict(), rules=tasks.RULES, teacher=teacher, steps=pretrain_steps, seed=seed, length=length)
+    spec = dict(config=toy_config(arch).to_dict(), rules=tasks.RULES, teacher=teacher, steps=pretrain_steps, seed=seed, length=length,
+                precision="bf16-autocast")
     spec = json.dumps(spec, sort_keys=True)
     path = os.path.join(cache_dir, f"{name}-base-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
     marker = os.path.join(path, "prefixrl_toy.json")

@@ -103,7 +103,7 @@ class Args:
     """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
-    eval_samples: int = 16
+    eval_samples: int = 8
     """samples per problem at evaluation (pass@k for k <= this)"""
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
