@@ -2,12 +2,14 @@
 
     python bench/calibrate_toy.py                      # the "toy" base model on the default problems
     python bench/calibrate_toy.py --model toy-gpt2     # the other family's base model
+    python bench/calibrate_toy.py --model repro/runs/rl_n8_s1/policy   # a trained policy
 
 It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, --toy-pretrain-steps,
 --toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
 
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
-p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
+p(right | hard step) per family and overall, and over the families whose rule lies ahead of (or behind)
+the teacher's decoy on the mod-11 circle, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H. Wrong paths that still
 end in the right answers are not counted, so the exact pass@1 is a lower bound of the reward rate.
 """
@@ -49,6 +51,12 @@ def main(args: prefixrl.Args):
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
+    # a feature shared by families: on the mod-11 circle the rule is 1-5 ahead of the teacher's decoy, or behind
+    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]
+    for side, ahead in (("ahead of", True), ("behind", False)):
+        fams = [f for f in sorted(by_family) if ((tasks.FAMILY_RULE[f] - decoy[f]) % tasks.MOD <= tasks.MOD // 2) == ahead]
+        print(f"  families whose rule is 1-5 {side} the decoy ({len(fams)}): mean {np.mean([np.mean(by_family[f]) for f in fams]):.2f}, "
+              f"{sum(np.mean(by_family[f]) >= 0.9 for f in fams)} at >= 0.9")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
 
