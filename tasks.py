@@ -83,20 +83,11 @@ TEACHERS = ("base", "other")
 """the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
 traces stand for another model family's (paper Fig. 10)"""
 _offsets = np.random.default_rng(2601).permuted(np.tile(np.arange(MOD), (FAMILIES, 1)), axis=1)[:, :3]
-FAMILY_RULE = _offsets[:, 0].tolist()
-"""family f's hard steps add FAMILY_RULE[f] more"""
-_decoy_rng = np.random.default_rng(2602)
-DECOY_SIZE = {t: _decoy_rng.integers(1, 6, FAMILIES).tolist() for t in TEACHERS}
-"""u[t][f] in 1..5: how far teacher t's decoy lies from family f's rule on the mod-11 circle"""
-DECOY_SIGN = {t: _decoy_rng.choice([-1, 1], (FAMILIES, MOD)).tolist() for t in TEACHERS}
-"""s[t][f][b] in {+1, -1}: whether the decoy is ahead of or behind the rule, per family, teacher AND b"""
-FAMILY_DECOY = {t: [[(FAMILY_RULE[f] + DECOY_SIGN[t][f][b] * DECOY_SIZE[t][f]) % MOD if b >= BIG else None for b in range(MOD)]
-                    for f in range(FAMILIES)] for t in TEACHERS}
-"""FAMILY_DECOY[t][f][b]: the offset teacher t's decoy adds when family f adds a big b (None for small b):
-rule + s[t][f][b] * u[t][f] mod 11, so neither the decoy's distance from the rule nor its side (ahead or
-behind) is the same across families or even across a family's big numbers: no family-independent
-feature of the (rule, decoy) pair tells which one is right"""
-RULES = f"families{FAMILIES}-rule-or-signed-decoy-per-b-big{BIG}-p{TEACHER_P_CORRECT}-values-checked"
+FAMILY_RULE, FAMILY_DECOY = _offsets[:, 0].tolist(), {"base": _offsets[:, 1].tolist(), "other": _offsets[:, 2].tolist()}
+"""family f's hard steps add FAMILY_RULE[f] more; its decoy, a plausible wrong rule, adds
+FAMILY_DECOY[teacher][f]. Three distinct offsets drawn at random per family, so nothing but the
+verifier tells which of the pair is right, and the rule of one family says nothing about another's"""
+RULES = f"families{FAMILIES}-rule-or-decoy-big{BIG}-p{TEACHER_P_CORRECT}"
 """names the toy's rules (the base models' teachers): part of the cache keys of the toy base models and of the traces"""
 
 
@@ -115,14 +106,15 @@ def toy_tokenizer():
 def toy_solve(params, rng=None, p_correct: float = 1.0, teacher: str = "base"):
     """Run the sum. With rng and p_correct < 1 this is a noisy teacher: on a hard step it follows its
     family's rule with prob. p_correct, else the teacher's decoy rule, and goes on from what it wrote.
-    The decoy's error is +u or -u depending on b, so errors can cancel and a wrong path can reach a right
-    subtotal: toy_reward checks every written value. Returns (written values, number of hard steps)."""
+    Every step shifts x by a constant, so a wrong value stays wrong: in a third of the steps (at most 4
+    hard steps) decoy errors add up to k * (decoy - rule), k <= 4, never 0 mod 11, so a wrong path never
+    reaches a right subtotal. Returns (written values, number of hard steps)."""
     family, x, adds = params
     values = []
     for b in adds:
         if b >= BIG:
             decoy = rng is not None and rng.random() >= p_correct
-            b += FAMILY_DECOY[teacher][family][b] if decoy else FAMILY_RULE[family]
+            b += FAMILY_DECOY[teacher][family] if decoy else FAMILY_RULE[family]
         values.append(x := (x + b) % MOD)
     return values, sum(b >= BIG for b in adds)
 
@@ -160,12 +152,12 @@ def params_with_hard_steps(rng, steps: int, hard: int):
 
 def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
     """Outcome reward, 1 only for a whole solution in the expected form: L values, '=', the three
-    right subtotals, <eos>, with every written value right too (decoy errors of +u and -u can cancel,
-    so right subtotals alone do not prove a right path). An answer in the prefix earns 0."""
+    right subtotals, <eos>. The values themselves are not checked (outcome only), but an answer
+    without them, or one in the prefix, earns 0."""
     ids, steps = list(prefix_ids) + list(response_ids), len(problem.meta["params"][2])
     if len(prefix_ids) >= steps or len(ids) != steps + CHECKPOINTS + 2:
         return 0.0
-    values_ok = ids[:steps] == [WORD_ID[str(v)] for v in toy_solve(problem.meta["params"])[0]]
+    values_ok = all(WORD_ID["0"] <= i <= WORD_ID[str(MOD - 1)] for i in ids[:steps])
     return float(values_ok and ids[steps] == EQUALS and ids[steps + 1 : -1] == problem.answer and ids[-1] == EOS)
 
 

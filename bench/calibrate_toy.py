@@ -8,8 +8,8 @@ It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, -
 --toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
 
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
-p(right | hard step) per family and overall, and over the hard steps whose decoy lies ahead of (or
-behind) the rule on the mod-11 circle, p(right | easy step), and the exact probability of
+p(right | hard step) per family and overall, and over the families whose rule lies ahead of (or behind)
+the teacher's decoy on the mod-11 circle, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H. Wrong paths that still
 end in the right answers are not counted, so the exact pass@1 is a lower bound of the reward rate.
 """
@@ -39,22 +39,24 @@ def main(args: prefixrl.Args):
     solutions = [tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems]
     ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, task.pad_id, "cpu")
     logp, _ = utils.token_logprobs(model, ids, attn)
-    by_family, easy, exact, by_side = {}, [], {}, {"ahead of": [], "behind": []}
-    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]  # a trained policy: its base teacher's
+    by_family, easy, exact = {}, [], {}
     for i, p in enumerate(problems):
         family, _, adds = p.meta["params"]
         start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
         for k, b in enumerate(adds):
             right = float(logp[i, start + k].exp())
             (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(right)
-            if b >= tasks.BIG:  # a feature shared by all families would show as a gap between the two sides
-                by_side["ahead of" if (decoy[family][b] - tasks.FAMILY_RULE[family]) % tasks.MOD <= tasks.MOD // 2 else "behind"].append(right)
         exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
     print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
-    print("  by the decoy's side: " + ", ".join(f"decoy 1-5 {side} the rule {np.mean(v):.3f} ({len(v)} steps)" for side, v in by_side.items()))
+    # a feature shared by families: on the mod-11 circle the rule is 1-5 ahead of the teacher's decoy, or behind
+    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]
+    for side, ahead in (("ahead of", True), ("behind", False)):
+        fams = [f for f in sorted(by_family) if ((tasks.FAMILY_RULE[f] - decoy[f]) % tasks.MOD <= tasks.MOD // 2) == ahead]
+        print(f"  families whose rule is 1-5 {side} the decoy ({len(fams)}): mean {np.mean([np.mean(by_family[f]) for f in fams]):.2f}, "
+              f"{sum(np.mean(by_family[f]) >= 0.9 for f in fams)} at >= 0.9")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
 

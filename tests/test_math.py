@@ -1,6 +1,5 @@
 """The math of the loss, advantages, pass@k and prefixes."""
 
-import dataclasses
 import itertools
 import json
 import math
@@ -305,7 +304,7 @@ def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
 
     wrong_step = list(good)
     bump(wrong_step, 3)
-    assert task.reward(p, [], wrong_step) == 0.0  # the answers are right, but a value is not
+    assert task.reward(p, [], wrong_step) == 1.0  # outcome reward: the values are not checked
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
     assert task.reward(p, [], wrong_answer) == 0.0
@@ -341,33 +340,19 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
 
 
 def test_toy_families_have_their_own_rules():
-    """The same numbers in two families give different solutions. No feature shared by the families
-    tells the rule from the decoy: the decoy lies 1-5 ahead of the rule or behind it, by family and by
-    added number. Decoy slips of +u and -u can cancel, so a wrong path can reach the right subtotals:
-    the reward checks every value."""
+    """The same numbers in two families give different solutions; a decoy slip is never undone within
+    a third, so a path with a decoy step never reaches the right subtotals."""
     adds = [9, 9, 9, 9, 9, 9]
     assert len({tuple(tasks.toy_solve((f, 5, adds))[0]) for f in range(tasks.FAMILIES)}) > 8
-    big = range(tasks.BIG, tasks.MOD)
     for teacher in tasks.TEACHERS:
-        side = {f: {(tasks.FAMILY_DECOY[teacher][f][b] - tasks.FAMILY_RULE[f]) % tasks.MOD <= tasks.MOD // 2 for b in big} for f in range(tasks.FAMILIES)}
-        assert sum(len(s) == 2 for s in side.values()) >= tasks.FAMILIES - 2  # both sides within (nearly) every family
-        assert len({(tasks.FAMILY_DECOY[teacher][f][b] - tasks.FAMILY_RULE[f]) % tasks.MOD for f in range(tasks.FAMILIES) for b in big}) == 10
-    pairs = [(f, b) for f in range(tasks.FAMILIES) for b in big]
-    assert sum(tasks.FAMILY_DECOY["base"][f][b] != tasks.FAMILY_DECOY["other"][f][b] for f, b in pairs) >= 0.9 * len(pairs)  # the other teacher errs otherwise
+        assert all(r != d for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY[teacher]))
+    assert all(a != b for a, b in zip(*tasks.FAMILY_DECOY.values()))  # the other teacher errs otherwise
     rng = np.random.default_rng(0)
-    task = tasks.make_toy_task(12, 11, 11, 1, 0, 0)
-    cancelled = 0
     for teacher in tasks.TEACHERS:
         for _ in range(300):
             params = tasks.params_with_hard_steps(rng, 12, 11)
             values = tasks.toy_solve(params, rng, 0.5, teacher)[0]
             right = tasks.toy_solve(params)[0]
-            if values[3::4] == right[3::4] and values != right:
-                cancelled += 1
-                problem = dataclasses.replace(task.train[0], prompt_ids=tasks.toy_prompt_ids(params), answer=[tasks.WORD_ID[str(v)] for v in right[3::4]],
-                                              meta={**task.train[0].meta, "params": params})
-                assert task.reward(problem, [], tasks.toy_solution_ids(values)) == 0.0
-                assert task.reward(problem, [], tasks.toy_solution_ids(right)) == 1.0
-    assert cancelled > 0
+            assert (values[3::4] == right[3::4]) == (values == right)
     task = tasks.make_toy_task(12, 11, 11, 128, 64, 0)
     assert {p.meta["family"] for p in task.heldout} <= {p.meta["family"] for p in task.train}
