@@ -37,6 +37,7 @@ def toy_config(arch: str = "llama", **overrides):
     return LlamaConfig(**cfg)
 
 
+@torch.enable_grad()  # also when the caller runs under no_grad (bench/calibrate_toy.py on an empty cache)
 def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3,
                  name: str = "toy"):
     """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine, bf16
