@@ -52,7 +52,7 @@ def main(args: prefixrl.Args):
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
     # a feature shared by families: on the mod-11 circle the rule is 1-5 ahead of the teacher's decoy, or behind
-    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]
+    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]  # a policy dir: the "toy" base model's teacher
     for side, ahead in (("ahead of", True), ("behind", False)):
         fams = [f for f in sorted(by_family) if ((tasks.FAMILY_RULE[f] - decoy[f]) % tasks.MOD <= tasks.MOD // 2) == ahead]
         print(f"  families whose rule is 1-5 {side} the decoy ({len(fams)}): mean {np.mean([np.mean(by_family[f]) for f in fams]):.2f}, "
