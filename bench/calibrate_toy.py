@@ -29,13 +29,10 @@ import utils  # noqa: E402
 
 
 @torch.no_grad()
-def main(args: prefixrl.Args):
-    models.check_args(args)
-    torch.set_num_threads(args.threads)
-    model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+def hard_step_accuracy(model, task, problems):
+    """Teacher-force each problem's one correct solution. Returns (by_family: family -> p(right) at each
+    of its hard steps, easy: p(right) at each easy step, exact: H -> exact pass@1 of each problem)."""
     model.eval()
-    task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
-    problems = task.train + task.heldout
     solutions = [tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems]
     ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, task.pad_id, "cpu")
     logp, _ = utils.token_logprobs(model, ids, attn)
@@ -47,6 +44,17 @@ def main(args: prefixrl.Args):
             right = float(logp[i, start + k].exp())
             (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(right)
         exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
+    return by_family, easy, exact
+
+
+@torch.no_grad()
+def main(args: prefixrl.Args):
+    models.check_args(args)
+    torch.set_num_threads(args.threads)
+    model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+    task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    problems = task.train + task.heldout
+    by_family, easy, exact = hard_step_accuracy(model, task, problems)
     print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
