@@ -51,9 +51,9 @@ def main(args: prefixrl.Args):
     originals = [p for p in task.train if p.id in traces]
     problems = task.train + task.heldout
 
-    def p_right():  # mean p(right | hard step) per family
+    def p_right():  # mean p(right | hard step), indexed by family (NaN for a family with no problem here)
         by_family, _, _ = hard_step_accuracy(model, task, problems)
-        return np.array([np.mean(by_family[f]) for f in sorted(by_family)])
+        return np.array([np.mean(by_family[f]) if f in by_family else np.nan for f in range(tasks.FAMILIES)])
 
     initial = copy.deepcopy(model.state_dict())
     print(f"lr {args.lr}; {min(LUCKY, len(originals))} problems, each alone: its family's pass@1 (x its own) after the success step and")
@@ -95,9 +95,10 @@ def main(args: prefixrl.Args):
                 done += 1
             now = p_right()
             ratios.append((now[family] / before[family]) ** hard)
-        others = np.abs(now - before)[[f for f in range(len(now)) if f != family]].max()
+        others = np.nanmax(np.abs(now - before)[[f for f in range(len(now)) if f != family]])
         extra = "" if sum(rewards) == 1 else f"  ({int(sum(rewards)) - 1} more successes in the batch)"
         print(f"{family:>6} {hard:>3} {before[family]:>8.3f} | " + " ".join(f"{r:>6.1f}" for r in ratios) + f" | {others:.3f}{extra}")
+
 
 if __name__ == "__main__":
     with utils.clean_errors():
