@@ -17,13 +17,17 @@ from utils import CHECKPOINT, POLICY_DIR, InputError, write_atomic
 
 
 # CHECKPOINTS: --save-every, --resume, SIGINT/SIGTERM
+ROW_FILES = ("metrics.jsonl", "time.jsonl", "groups.jsonl")
+"""the run's append-only logs, cut back to the checkpoint on --resume"""
+
+
 class Checkpoints:
     """One checkpoint file per run, RUN_DIR/checkpoint.pt, replaced atomically. A checkpoint at step s
     is taken after training step s (its metrics row logged) and before the evaluation at s. It holds
     the `state` objects (model, optimizers, the loop's numpy and torch Generators), the global RNGs
     (python, numpy, torch CPU, CUDA), the loop's counters (step, FLOPs...) and how many rows
-    metrics.jsonl and time.jsonl had, so a resume drops the rows logged after it and logs them again:
-    on CPU the resumed run's metrics.jsonl is byte for byte the uninterrupted run's.
+    each of ROW_FILES had, so a resume drops the rows logged after it and logs them again: on CPU the
+    resumed run's metrics.jsonl and groups.jsonl are byte for byte the uninterrupted run's.
 
     Written at step 0, every --save-every steps, at the last step, and when SIGINT or SIGTERM arrives:
     the loop finishes its step, saves, and the process exits with 128 + the signal (130 / 143); a
@@ -53,7 +57,7 @@ class Checkpoints:
 
     def begin(self, state: dict, step: int = 0, **values):
         """A new run: write the step-0 checkpoint and return (step, *values) as given. --resume: load the
-        last checkpoint into `state`, cut metrics.jsonl and time.jsonl back to it, return its (step, *values)."""
+        last checkpoint into `state`, cut ROW_FILES back to it, return its (step, *values)."""
         if not self.args.resume:
             self.save(state, step, **values)
             return (step, *values.values())
@@ -81,7 +85,7 @@ class Checkpoints:
         if step % self.args.save_every == 0 or step == self.args.steps or self.stop:
             ckpt = dict(format=self.FORMAT, args=self.run_args, step=step, values=values,
                         state={name: _get_state(obj) for name, obj in state.items()}, rng=_global_rng_state(),
-                        rows={name: _count_rows(os.path.join(self.run_dir, name)) for name in ("metrics.jsonl", "time.jsonl")})
+                        rows={name: _count_rows(os.path.join(self.run_dir, name)) for name in ROW_FILES})
             tmp = f"{self.path}.tmp{os.getpid()}"
             with open(tmp, "wb") as f:
                 torch.save(ckpt, f)

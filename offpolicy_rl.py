@@ -240,6 +240,7 @@ def main(args: Args):
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)[:, :-1]
+        utils.log_groups(run_dir, step + 1, [p.id for p in batch], groups)  # which problems succeed, step by step
         trace_w = token_weights[rows][mask > 0]
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(groups.mean()),

@@ -213,7 +213,9 @@ def main(args: Args):
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
-        all_negative = np.array(rewards).reshape(-1, args.rollouts).max(1) == 0
+        groups = np.array(rewards).reshape(-1, args.rollouts)
+        utils.log_groups(run_dir, step + 1, [p.id for p, _ in batch], groups, prefix_tokens=[len(prefix) for _, prefix in batch])
+        all_negative = groups.max(1) == 0
         group_prefixed = np.array([len(prefix) > 0 for _, prefix in batch])
         has_prefix = np.repeat(group_prefixed, args.rollouts)  # the no-prefix metrics compare like with like with standard RL's
         utils.log_metrics(run_dir, {

@@ -188,6 +188,7 @@ def main(args: Args):
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)
+        utils.log_groups(run_dir, step + 1, [p.id for p in batch], groups)  # which problems succeed, step by step
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
             "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,

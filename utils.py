@@ -140,6 +140,20 @@ def log_metrics(run_dir: str, row: dict):
         log_tensorboard(run_dir, {k: v for k, v in row.items() if k not in clock})
 
 
+def log_groups(run_dir: str, step: int, problem_ids, rewards, prefix_tokens=None):
+    """RUN_DIR/groups.jsonl, one row per training step: each group's problem id and how many of its
+    on-policy rollouts succeeded (rewards: groups x rollouts), and for PrefixRL how many prefix tokens
+    the group's prompt carried (0: the original problem). Which problems a run ever solves, and when,
+    is what a stall is about: `python bench/takeoff.py RUN_DIR` reads it."""
+    rewards = np.asarray(rewards)
+    row = {"step": step, "rollouts": int(rewards.shape[1]), "problems": list(problem_ids),
+           "successes": [int(k) for k in (rewards > 0).sum(1)]}
+    if prefix_tokens is not None:
+        row["prefix_tokens"] = [int(n) for n in prefix_tokens]
+    with open(os.path.join(run_dir, "groups.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def log_tensorboard(run_dir: str, row: dict):
     """--tensorboard (the CleanRL convention): each metrics.jsonl row's numbers as TensorBoard scalars of
     the same names at its `step`, in RUN_DIR/tensorboard; SFT rows (`sft_step`) in RUN_DIR/tensorboard/sft,

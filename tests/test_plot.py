@@ -1,5 +1,5 @@
 """plot.py on tiny synthetic run dirs (every figure, results.md numbers equal the files' numbers) and
-reproduce.py --dry-run (the commands it would run)."""
+reproduce.py --dry-run (the commands it would run), and bench/takeoff.py on a synthetic groups.jsonl."""
 
 import json
 import math
@@ -11,6 +11,8 @@ import pytest
 
 import plot
 import reproduce
+import tasks
+from utils import InputError
 
 STEPS, EVERY = 20, 5
 # method: (script, flags, final train pass@1 before the seed's offset, rejection-sampling FLOPs, label in plot.py)
@@ -404,3 +406,50 @@ def test_reproduce_runs_a_job_only_after_the_job_it_needs(tmp_path, capsys):
     failed = reproduce.run_pool(jobs, 2, sys.executable, [0, len(jobs)])
     assert sorted(failed) == ["bad", "orphan"] and order.read_text().split() == ["traces", "late"]
     assert "orphan not run: bad failed" in capsys.readouterr().out
+
+
+# BENCH/TAKEOFF.PY: per family, the first success and the take-off, from groups.jsonl
+def load_takeoff():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("takeoff", os.path.join(os.path.dirname(plot.__file__), "bench", "takeoff.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_takeoff_is_the_first_window_at_the_rate_and_counts_the_successes_before_it():
+    takeoff = load_takeoff().takeoff
+    # 8 rollouts, 2-group window, rate 0.25: 4 successes in 2 consecutive groups; groups 4-5 hold 3 + 4
+    assert takeoff([0, 0, 1, 0, 3, 4, 8], 8, 2, 0.25) == (5, 1)
+    assert takeoff([0, 0, 1, 0, 3, 0, 3], 8, 2, 0.25) is None
+    assert takeoff([8], 8, 2, 0.25) is None  # fewer groups than the window
+
+
+def test_takeoff_counts_no_prefix_groups_only(tmp_path):
+    """A family's prefixed groups (PrefixRL) succeed often; only its groups without a prefix say whether
+    it takes off; runs are read per family of the toy task in args.json."""
+    takeoff = load_takeoff()
+    settings = dict(task="toy", dataset=None, toy_length=12, hard_min=1, hard_max=4, n_train=4, n_heldout=4, task_seed=0)
+    train = tasks.make_toy_task(*(settings[k] for k in ("toy_length", "hard_min", "hard_max", "n_train", "n_heldout", "task_seed"))).train
+    (tmp_path / "args.json").write_text(json.dumps(settings))
+    a, b = train[0], next(p for p in train if p.meta["family"] != train[0].meta["family"])
+    rows = [{"step": s, "rollouts": 4, "problems": [a.id, a.id, b.id], "successes": [4, 1 if s == 3 else 0, 0],
+             "prefix_tokens": [5, 0, 0]} for s in range(1, 11)]
+    rows += [{"step": s, "rollouts": 4, "problems": [a.id, b.id], "successes": [3, 0], "prefix_tokens": [0, 0]} for s in range(11, 21)]
+    (tmp_path / "groups.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    units = takeoff.analyse(takeoff.read_groups(str(tmp_path)), takeoff.unit_of(str(tmp_path), "family"), 5, 0.25, 0.2)
+    fa, fb = f"F{a.meta['family']}", f"F{b.meta['family']}"
+    assert units[fa] == dict(first=3, took=(12, 1), final=0.75, successes=31)
+    assert units[fb] == dict(first=None, took=None, final=0.0, successes=0)
+
+
+def test_takeoff_names_a_run_without_groups_or_families(tmp_path):
+    takeoff = load_takeoff()
+    with pytest.raises(InputError) as e:
+        takeoff.read_groups(str(tmp_path))
+    assert "groups.jsonl' does not exist" in str(e.value)
+    (tmp_path / "args.json").write_text(json.dumps({"task": "arith", "dataset": None}))
+    with pytest.raises(InputError) as e:
+        takeoff.unit_of(str(tmp_path), "family")
+    assert "not a --task toy run" in str(e.value)

@@ -17,6 +17,7 @@ import offpolicy_rl
 import prefixrl
 import sft_rl
 import standard_rl
+import tasks
 import utils
 from conftest import read_metrics
 from test_smoke import ROOT, TINY
@@ -31,8 +32,12 @@ def cli(settings):
 
 
 def metrics_bytes(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
-        return f.read()
+    """metrics.jsonl and groups.jsonl, the logs a resumed run must give back byte for byte."""
+    logs = []
+    for name in ("metrics.jsonl", "groups.jsonl"):
+        with open(os.path.join(run_dir, name), "rb") as f:
+            logs.append(f.read())
+    return logs
 
 
 def train_steps(run_dir, key="step"):
@@ -93,6 +98,27 @@ def wait_for_train_row(run_dir, step, proc, timeout=180):
                         return
         time.sleep(0.05)
     raise AssertionError(f"no training row for step {step} (rc {proc.poll()})")
+
+
+@pytest.mark.parametrize("script,settings,own", [(prefixrl, KILL, 4), (offpolicy_rl, SHORT, 3), (sft_rl, dict(SHORT, **SFT), 4)])
+def test_groups_log_holds_each_steps_problems_and_successes(script, settings, own, reference):
+    """groups.jsonl: a row per training step, each group's problem and its on-policy successes (offpolicy_rl:
+    the n - 1 own rollouts, not the trace); their no-prefix mean is the step's train/reward_no_prefix."""
+    run_dir = reference(script, settings)
+    with open(os.path.join(run_dir, "groups.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    train = [r for r in read_metrics(run_dir) if "train/grad_norm" in r]
+    assert [r["step"] for r in rows] == [r["step"] for r in train] == list(range(1, settings["steps"] + 1))
+    with open(os.path.join(run_dir, "args.json")) as f:
+        a = json.load(f)
+    train_ids = {p.id for p in tasks.make_toy_task(a["toy_length"], a["hard_min"], a["hard_max"], a["n_train"], a["n_heldout"], a["task_seed"]).train}
+    for row, metrics in zip(rows, train):
+        assert row["rollouts"] == own and len(row["problems"]) == len(row["successes"]) == settings["prompts_per_step"]
+        assert all(0 <= k <= own for k in row["successes"]) and set(row["problems"]) <= train_ids
+        plain = [k for k, n in zip(row["successes"], row.get("prefix_tokens", [0] * len(row["successes"]))) if n == 0]
+        assert sum(plain) / (own * len(plain)) == pytest.approx(metrics["train/reward_no_prefix"])
+    if script is prefixrl:  # 3 prefixed groups and 1 original a step
+        assert all(sum(n > 0 for n in r["prefix_tokens"]) == 3 for r in rows)
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(reference, toy_cache, teacher_traces, tmp_path):
