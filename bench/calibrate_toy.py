@@ -9,9 +9,11 @@ It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, -
 
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
 p(right | hard step) per family and overall, and over the families whose rule lies ahead of (or behind)
-the teacher's decoy on the mod-11 circle, p(right | easy step), and the exact probability of
-sampling the correct solution (at temperature 1), by number of hard steps H. Wrong paths that still
-end in the right answers are not counted, so the exact pass@1 is a lower bound of the reward rate.
+p(right | easy step), and the exact probability of
+sampling the correct solution (at temperature 1), by number of hard steps H: the reward rate, since
+the reward checks every value. Also by group of families that a shared feature would pick out (the
+rule the lower or the upper of its pair of offsets): a trained policy that learned such a feature
+shows a gap between the groups.
 """
 
 import os
@@ -29,42 +31,22 @@ import utils  # noqa: E402
 
 
 @torch.no_grad()
-def hard_step_accuracy(model, task, problems):
-    """Teacher-force each problem's one correct solution. Returns (by_family: family -> p(right) at each
-    of its hard steps, easy: p(right) at each easy step, exact: H -> exact pass@1 of each problem)."""
-    model.eval()
-    solutions = [tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems]
-    ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, task.pad_id, "cpu")
-    logp, _ = utils.token_logprobs(model, ids, attn)
-    by_family, easy, exact = {}, [], {}
-    for i, p in enumerate(problems):
-        family, _, adds = p.meta["params"]
-        start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
-        for k, b in enumerate(adds):
-            right = float(logp[i, start + k].exp())
-            (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(right)
-        exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
-    return by_family, easy, exact
-
-
-@torch.no_grad()
 def main(args: prefixrl.Args):
     models.check_args(args)
     torch.set_num_threads(args.threads)
     model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     problems = task.train + task.heldout
-    by_family, easy, exact = hard_step_accuracy(model, task, problems)
+    by_family, easy, exact = models.toy_calibration(model, problems)
     print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
-    # a feature shared by families: on the mod-11 circle the rule is 1-5 ahead of the teacher's decoy, or behind
-    decoy = tasks.FAMILY_DECOY[models.TOY_MODELS.get(args.model, ("", "base"))[1]]  # a policy dir: the "toy" base model's teacher
-    for side, ahead in (("ahead of", True), ("behind", False)):
-        fams = [f for f in sorted(by_family) if ((tasks.FAMILY_RULE[f] - decoy[f]) % tasks.MOD <= tasks.MOD // 2) == ahead]
-        print(f"  families whose rule is 1-5 {side} the decoy ({len(fams)}): mean {np.mean([np.mean(by_family[f]) for f in fams]):.2f}, "
-              f"{sum(np.mean(by_family[f]) >= 0.9 for f in fams)} at >= 0.9")
+    half = tasks.MOD // 2  # a feature shared by families would split them: rule the lower or the upper offset of its pair
+    for side, upper in (("lower", False), ("upper", True)):
+        fams = [f for f in sorted(by_family) if (tasks.FAMILY_RULE[f] >= half) == upper]
+        print(f"  families whose rule is the {side} offset of its pair ({len(fams)}): mean "
+              f"{np.mean([np.mean(by_family[f]) for f in fams]):.2f}, {sum(np.mean(by_family[f]) >= 0.9 for f in fams)} at >= 0.9")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
 

@@ -2,14 +2,14 @@
 
 For each of LUCKY problems drawn from those with a trace, alone: builds one standard-RL batch as
 standard_rl.py does (--prompts-per-step prompts x --rollouts rollouts of the base model), puts the
-problem's correct trace in place of one rollout, takes the REINFORCE step with AdamW at --lr, then steps
-on all-negative batches (zero gradient, as a stalled run has). AdamW's first moment keeps moving the
-weights on those steps, as in standard_rl.py. Prints the implied change of the family's exact pass@1,
+problem's correct trace in place of one rollout, takes the REINFORCE step with --optimizer at --lr, then
+steps on all-negative batches (zero gradient, as a stalled run has): AdamW's first moment keeps moving
+the weights on those steps, as in standard_rl.py; SGD's step is zero there. Prints the implied change of the family's exact pass@1,
 (p'/p)^H with p its mean p(right | hard step), after the success step and after k zero-gradient steps,
 and the largest change of p(right | hard step) in any other family.
 
-    python bench/one_success.py                 # the default toy, lr 1e-4
-    python bench/one_success.py --lr 3e-5
+    python bench/one_success.py                 # the default toy and RL flags
+    python bench/one_success.py --optimizer adamw --lr 1e-4
 
 It takes prefixrl.py's flags (model, cache, task, trace and RL flags matter).
 """
@@ -28,7 +28,6 @@ import prefixrl  # noqa: E402
 import standard_rl  # noqa: E402
 import tasks  # noqa: E402
 import utils  # noqa: E402
-from calibrate_toy import hard_step_accuracy  # noqa: E402
 
 AFTER = (0, 1, 4, 10, 30)
 """zero-gradient steps after the success at which to measure (AdamW's first moment decays by 0.9 a step)"""
@@ -52,11 +51,11 @@ def main(args: prefixrl.Args):
     problems = task.train + task.heldout
 
     def p_right():  # mean p(right | hard step), indexed by family (NaN for a family with no problem here)
-        by_family, _, _ = hard_step_accuracy(model, task, problems)
+        by_family, _, _ = models.toy_calibration(model, problems)
         return np.array([np.mean(by_family[f]) if f in by_family else np.nan for f in range(tasks.FAMILIES)])
 
     initial = copy.deepcopy(model.state_dict())
-    print(f"lr {args.lr}; {min(LUCKY, len(originals))} problems, each alone: its family's pass@1 (x its own) after the success step and")
+    print(f"{args.optimizer} lr {args.lr}; {min(LUCKY, len(originals))} problems, each alone: its family's pass@1 (x its own) after the success step and")
     print(f"after k zero-gradient steps, and the largest change of p(right | hard step) in any other family")
     print(f"{'family':>6} {'H':>3} {'p(right)':>8} | " + " ".join(f"{'k=' + str(k):>6}" for k in AFTER) + f" | others, k={AFTER[-1]}")
     for lucky in [originals[i] for i in rng.choice(len(originals), min(LUCKY, len(originals)), replace=False)]:
@@ -72,7 +71,7 @@ def main(args: prefixrl.Args):
         rewards = [task.reward(p, [], r) for p, r in zip(batch, responses)]
 
         # ONE SUCCESS, THEN ZERO GRADIENTS, from AdamW's state as a stalled run leaves it (zero-gradient steps)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+        optimizer = (torch.optim.SGD if args.optimizer == "sgd" else torch.optim.AdamW)(model.parameters(), lr=args.lr)
 
         def zero_gradient_step():
             for q in model.parameters():

@@ -300,11 +300,11 @@ def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
     answer = good[-4:-1]
     assert task.reward(p, [], good) == 1.0 and task.reward(p, good[:6], good[6:]) == 1.0
     def bump(ids, i):  # value + 1
-        ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % 11)]
+        ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % tasks.MOD)]
 
     wrong_step = list(good)
     bump(wrong_step, 3)
-    assert task.reward(p, [], wrong_step) == 1.0  # outcome reward: the values are not checked
+    assert task.reward(p, [], wrong_step) == 0.0  # every value is checked: two decoys can cancel
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
     assert task.reward(p, [], wrong_answer) == 0.0
@@ -322,12 +322,12 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
     rng = np.random.default_rng(0)
     for length, hard in [(12, 0), (12, 1), (12, 7), (12, 11), (15, 14)]:
         for _ in range(20):
-            params = tasks.params_with_hard_steps(rng, length, hard)
+            params = tasks.params_with_hard_steps(rng, length, hard, 0)
             assert len(params[2]) == length and tasks.toy_solve(params)[1] == hard
     def hard_positions(params):
         return tuple(b >= tasks.BIG for b in params[2])
 
-    positions = [hard_positions(tasks.params_with_hard_steps(rng, 12, 4)) for _ in range(50)]
+    positions = [hard_positions(tasks.params_with_hard_steps(rng, 12, 4, 0)) for _ in range(50)]
     assert all(pos[-1] and not pos[0] for pos in positions)  # the last step is always hard, the first never
     assert len(set(positions)) > 30  # the others at drawn positions, not a fixed pattern
     with pytest.raises(utils.InputError, match=r"--hard-max <= 11 \(the first step is easy\), got 9..12"):
@@ -340,19 +340,23 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
 
 
 def test_toy_families_have_their_own_rules():
-    """The same numbers in two families give different solutions; a decoy slip is never undone within
-    a third, so a path with a decoy step never reaches the right subtotals."""
+    """Each training problem is of its own family, its held-out twin of the same; the decoy sits
+    opposite the rule, and no feature of the offsets is shared: every residue mod MOD/2 serves as
+    many families, half of them with the lower offset as rule. Two opposite decoys cancel, so the
+    reward checks every value: no path with a decoy step is rewarded."""
     adds = [9, 9, 9, 9, 9, 9]
-    assert len({tuple(tasks.toy_solve((f, 5, adds))[0]) for f in range(tasks.FAMILIES)}) > 8
-    for teacher in tasks.TEACHERS:
-        assert all(r != d for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY[teacher]))
+    assert len({tuple(tasks.toy_solve((f, 5, adds))[0]) for f in range(tasks.FAMILIES)}) == tasks.MOD
+    half = tasks.MOD // 2
+    assert all((d - r) % tasks.MOD == half for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY["base"]))
+    for residue in range(half):
+        rules = [r for r in tasks.FAMILY_RULE if r % half == residue]
+        assert len(rules) == tasks.FAMILIES // half and 2 * sum(r < half for r in rules) == len(rules)
+    assert all(r != d for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY["other"]))
     assert all(a != b for a, b in zip(*tasks.FAMILY_DECOY.values()))  # the other teacher errs otherwise
+    task = tasks.make_toy_task(12, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
+    assert [p.meta["family"] for p in task.train] == [p.meta["family"] for p in task.heldout] == list(range(tasks.FAMILIES))
     rng = np.random.default_rng(0)
     for teacher in tasks.TEACHERS:
-        for _ in range(300):
-            params = tasks.params_with_hard_steps(rng, 12, 11)
-            values = tasks.toy_solve(params, rng, 0.5, teacher)[0]
-            right = tasks.toy_solve(params)[0]
-            assert (values[3::4] == right[3::4]) == (values == right)
-    task = tasks.make_toy_task(12, 11, 11, 128, 64, 0)
-    assert {p.meta["family"] for p in task.heldout} <= {p.meta["family"] for p in task.train}
+        for p in task.train[:100]:
+            values = tasks.toy_solve(p.meta["params"], rng, 0.5, teacher)[0]
+            assert task.reward(p, [], tasks.toy_solution_ids(values)) == float(values == p.meta["values"])
