@@ -15,18 +15,21 @@ from typing import Optional
 import numpy as np
 
 # keys that do not change what a run measures (or are the seed itself)
-IGNORED_KEYS = {"seed", "run_dir", "cache_dir", "threads", "device", "micro_batch", "steps", "eval_every", "script",
-                "save_every", "resume", "tensorboard", "final_eval_samples"}
+IGNORED_KEYS = {"seed", "run_dir", "cache_dir", "threads", "device", "micro_batch", "steps",
+                "eval_every", "script", "save_every", "resume", "tensorboard", "final_eval_samples"}
 # keys that define the problems and the base model: runs that differ here are not comparable
-SETTING_KEYS = ("model", "task", "dataset", "level", "max_new_tokens", "toy_pretrain_steps", "toy_length", "hard_min", "hard_max", "n_train",
-                "n_heldout", "task_seed", "trace_budget", "trace_seed")
-ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_length": ("toy",), "hard_min": ("toy",),
-                 "hard_max": ("toy",)}  # a key that does not apply to a run's task does not split settings
+SETTING_KEYS = ("model", "task", "dataset", "level", "max_new_tokens", "toy_pretrain_steps",
+                "toy_length", "hard_min", "hard_max", "n_train", "n_heldout", "task_seed",
+                "trace_budget", "trace_seed")
+# a key that does not apply to a run's task does not split settings
+ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_length": ("toy",),
+                 "hard_min": ("toy",), "hard_max": ("toy",)}
 # a method run on traces from another model family (--traces FILE): paper Fig. 10
 OTHER_FAMILY_SUFFIX = ", other-family traces"
 OTHER_FAMILY = "PrefixRL" + OTHER_FAMILY_SUFFIX
-COLORS = {"PrefixRL": "tab:red", "PrefixRL prefixed-only": "tab:orange", "RL n=8": "tab:gray", "RL n=64": "black",
-          "SFT+RL": "tab:blue", "Off-policy RL": "tab:green", "LUFFY": "tab:olive", OTHER_FAMILY: "maroon"}
+COLORS = {"PrefixRL": "tab:red", "PrefixRL prefixed-only": "tab:orange", "RL n=8": "tab:gray",
+          "RL n=64": "black", "SFT+RL": "tab:blue", "Off-policy RL": "tab:green",
+          "LUFFY": "tab:olive", OTHER_FAMILY: "maroon"}
 SPARE_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:cyan", "gold", "navy", "lime", "teal"]
 PREFIX_KEY = re.compile(r"^eval/prefix@([0-9.]+)_pass@1$")
 
@@ -51,12 +54,14 @@ class Run:
     @functools.cached_property
     def train(self):
         """RL training rows, in step order"""
-        rows = [r for r in self.rows if "step" in r and "eval/train_pass@1" not in r and any(k.startswith("train/") for k in r)]
+        rows = [r for r in self.rows if "step" in r and "eval/train_pass@1" not in r
+                and any(k.startswith("train/") for k in r)]
         return sorted(rows, key=lambda r: r["step"])
 
     @property
     def offset(self):
-        """FLOPs before the first step: the rejection-sampling cost of the traces (0 if not charged)"""
+        """FLOPs before the first step: the rejection-sampling cost of the traces (0 if not
+        charged)"""
         return min((r["flops"] for r in self.rows if r.get("flops") is not None), default=0.0)
 
     def final(self, key):
@@ -95,7 +100,8 @@ def find_runs(patterns):
             if os.path.isfile(os.path.join(p, "args.json")):
                 paths.append(p)
             elif os.path.isdir(p):
-                paths += sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "args.json")))
+                paths += sorted(os.path.join(p, d) for d in os.listdir(p)
+                                if os.path.isfile(os.path.join(p, d, "args.json")))
             else:
                 print(f"note: {pattern}: no such run dir")
     runs, seen = [], set()
@@ -112,8 +118,8 @@ def find_runs(patterns):
 
 # GROUPING: settings, then methods
 def base_name(a):
-    """The method's name from its script and algorithm flags; a run on a traces file (--traces, collected by
-    another model family) is a method of its own."""
+    """The method's name from its script and algorithm flags; a run on a traces file (--traces,
+    collected by another model family) is a method of its own."""
     script = a.get("script", "?")
     if script == "prefixrl":
         name = "PrefixRL prefixed-only" if a.get("prefixed_only") else "PrefixRL"
@@ -128,11 +134,13 @@ def base_name(a):
     return name + (OTHER_FAMILY_SUFFIX if a.get("traces") else "")
 
 
-NAMED_BY_BASE = {"prefixed_only", "shaping"}  # flags already in the base name (rollouts only for standard RL)
+# flags already in the base name (rollouts only for standard RL)
+NAMED_BY_BASE = {"prefixed_only", "shaping"}
 
 
 def shared_keys(runs, candidates):
-    """Keys present in every run's args.json (older runs may lack newer flags: those are not compared)."""
+    """Keys present in every run's args.json (older runs may lack newer flags: those are not
+    compared)."""
     return [k for k in candidates if all(k in r.args for r in runs)]
 
 
@@ -149,7 +157,8 @@ class Method:
 
 
 def setting_value(a, k):
-    """A run's value of a setting key; None where the key does not apply to its task (--level on the toy)."""
+    """A run's value of a setting key; None where the key does not apply to its task (--level on
+    the toy)."""
     applies_to = ONLY_FOR_TASK.get(k)
     return a[k] if applies_to is None or a.get("task", "toy") in applies_to else None
 
@@ -159,7 +168,8 @@ def group(runs):
     setting_keys = shared_keys(runs, SETTING_KEYS)
     settings = {}
     for r in runs:
-        settings.setdefault(tuple(json.dumps(setting_value(r.args, k)) for k in setting_keys), []).append(r)
+        skey = tuple(json.dumps(setting_value(r.args, k)) for k in setting_keys)
+        settings.setdefault(skey, []).append(r)
     varying = [k for i, k in enumerate(setting_keys) if len({s[i] for s in settings}) > 1]
     out = []
     for skey, sruns in settings.items():
@@ -169,8 +179,9 @@ def group(runs):
             by_base.setdefault(base_name(r.args), []).append(r)
         methods = []
         for base, bruns in by_base.items():
-            keys = [k for k in sorted(set().union(*(r.args for r in bruns))) if k not in IGNORED_KEYS
-                    and k not in SETTING_KEYS and k not in NAMED_BY_BASE and not (k == "rollouts" and base.startswith("RL n="))]
+            keys = [k for k in sorted(set().union(*(r.args for r in bruns)))
+                    if k not in IGNORED_KEYS and k not in SETTING_KEYS and k not in NAMED_BY_BASE
+                    and not (k == "rollouts" and base.startswith("RL n="))]
             keys = shared_keys(bruns, keys)
             groups = {}
             for r in bruns:
@@ -178,9 +189,12 @@ def group(runs):
             diff = [k for i, k in enumerate(keys) if len({g[i] for g in groups}) > 1]
             for gkey, gruns in groups.items():
                 extra = ", ".join(key_text(k, json.loads(gkey[keys.index(k)])) for k in diff)
-                methods.append(Method(f"{base} ({extra})" if extra else base, base, sorted(gruns, key=lambda r: (r.args.get("seed", 0), r.path))))
-        order = ["RL n=8", "RL n=64", "SFT+RL", "Off-policy RL", "LUFFY", "PrefixRL", OTHER_FAMILY, "PrefixRL prefixed-only"]
-        methods.sort(key=lambda m: (order.index(m.base) if m.base in order else len(order), m.label))
+                gruns = sorted(gruns, key=lambda r: (r.args.get("seed", 0), r.path))
+                methods.append(Method(f"{base} ({extra})" if extra else base, base, gruns))
+        order = ["RL n=8", "RL n=64", "SFT+RL", "Off-policy RL", "LUFFY", "PrefixRL", OTHER_FAMILY,
+                 "PrefixRL prefixed-only"]
+        methods.sort(key=lambda m: (order.index(m.base) if m.base in order else len(order),
+                                    m.label))
         spare = iter(SPARE_COLORS * 4)
         used = set()
         for m in methods:
@@ -203,14 +217,16 @@ def rolling(ys, window):
 
 
 def eval_series(run, key, x="step"):
-    return {s: (row[x] if x != "step" else s, value(row, key)) for s, row in run.evals.items() if value(row, key) is not None}
+    return {s: (row[x] if x != "step" else s, value(row, key)) for s, row in run.evals.items()
+            if value(row, key) is not None}
 
 
 def train_series(run, key, smooth, x="step"):
     rows = [r for r in run.train if key in r]
     ys = rolling([np.nan if value(r, key) is None else value(r, key) for r in rows], smooth)
-    out = {r["step"]: (r[x] if x != "step" else r["step"], y) for r, y in zip(rows, ys) if np.isfinite(y)}
-    if key == "train/entropy":  # SFT+RL: the SFT phase at negative steps, so RL step 0 is the end of SFT
+    out = {r["step"]: (r[x] if x != "step" else r["step"], y)
+           for r, y in zip(rows, ys) if np.isfinite(y)}
+    if key == "train/entropy":  # SFT+RL's SFT phase at negative steps: RL step 0 = the end of SFT
         sft = [r for r in run.rows if "sft_step" in r and value(r, key) is not None]
         last = max((r["sft_step"] for r in run.rows if "sft_step" in r), default=0)
         out.update({r["sft_step"] - last: (r["sft_step"] - last, value(r, key)) for r in sft})
@@ -250,10 +266,10 @@ def aggregate(series, band):
     return Curve(*(np.array(v, dtype=float) for v in (xs, mean, lo, hi, n)))
 
 
-
-
 def prefix_fracs(run):
-    return sorted({float(PREFIX_KEY.match(k).group(1)) for r in run.rows for k in r if PREFIX_KEY.match(k)})
+    """The prefix lengths F of the run's eval/prefix@F_pass@1 rows."""
+    return sorted({float(PREFIX_KEY.match(k).group(1)) for r in run.rows for k in r
+                   if PREFIX_KEY.match(k)})
 
 
 def prefix_key(run, f):
@@ -266,10 +282,10 @@ def prefix_key(run, f):
 
 
 def prefix_series(run, f):
-    """pass@1 with the first f of the trace's reasoning as prefix, by step; f = 0 is the no-prefix eval."""
+    """pass@1 with the first f of the trace's reasoning as prefix, by step; f = 0 is the no-prefix
+    eval."""
     key = "eval/train_pass@1" if f == 0 and prefix_key(run, 0.0) is None else prefix_key(run, f)
     return eval_series(run, key) if key else {}
-
 
 
 # NUMBERS (shared by results.md, results.json and the claims)
@@ -303,7 +319,8 @@ def pass_at_k_curve(final_eval, counts_key):
     n, counts = final_eval["n"], final_eval.get(counts_key)
     if not counts:
         return None
-    return {k: (k, float(np.mean([utils.pass_at_k(n, c, k) for c in counts]))) for k in range(1, n + 1)}
+    return {k: (k, float(np.mean([utils.pass_at_k(n, c, k) for c in counts])))
+            for k in range(1, n + 1)}
 
 
 def train_window(run, key, lo_frac, hi_frac):
@@ -312,22 +329,27 @@ def train_window(run, key, lo_frac, hi_frac):
     if not rows:
         return []
     last = rows[-1]["step"]
-    return [value(r, key) for r in rows if lo_frac * last <= r["step"] <= hi_frac * last and value(r, key) is not None]
+    return [value(r, key) for r in rows
+            if lo_frac * last <= r["step"] <= hi_frac * last and value(r, key) is not None]
 
 
 def per_run_numbers(run, target=None):
     fe = run.final_eval
-    d = {"run": run.path, "seed": run.args.get("seed"), "final_step": max(run.evals) if run.evals else None,
-         "final_flops": float(run.evals[max(run.evals)]["flops"]) if run.evals else None, "offset_flops": run.offset,
-         "train_pass@1": run.final("eval/train_pass@1"), "heldout_pass@1": run.final("eval/heldout_pass@1"),
+    d = {"run": run.path, "seed": run.args.get("seed"),
+         "final_step": max(run.evals) if run.evals else None,
+         "final_flops": float(run.evals[max(run.evals)]["flops"]) if run.evals else None,
+         "offset_flops": run.offset, "train_pass@1": run.final("eval/train_pass@1"),
+         "heldout_pass@1": run.final("eval/heldout_pass@1"),
          "heldout_pass@8": run.final("eval/heldout_pass@8")}
     if fe and fe.get("heldout_counts"):
         d[f"heldout_pass@{fe['n']}"] = pass_at_k_curve(fe, "heldout_counts")[fe["n"]][1]
-    d["flops_to_target"] = reach_flops(run, "eval/train_pass@1", target) if target is not None else None
+    d["flops_to_target"] = (reach_flops(run, "eval/train_pass@1", target) if target is not None
+                            else None)
     return d
 
 
 def pick(methods, base):
+    """The method labelled `base`, else the first whose base name it is; None if none."""
     exact = [m for m in methods if m.label == base]
     return exact[0] if exact else next((m for m in methods if m.base == base), None)
 
