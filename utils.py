@@ -522,10 +522,12 @@ def eval_pass_rates(model, task, problems, args, generator):
 
 
 def print_summary(run_dir, evals, start):
-    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are."""
-    pass8 = float("nan") if evals["eval/heldout_pass@8"] is None else evals["eval/heldout_pass@8"]
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, held-out pass@1 "
-          f"{evals['eval/heldout_pass@1']:.3f}, pass@8 {pass8:.3f}; metrics in {run_dir}/metrics.jsonl")
+    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are.
+    pass@8 is shown only where it was measured (--eval-samples >= 8)."""
+    pass8 = evals.get("eval/heldout_pass@8")
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, "
+          f"held-out pass@1 {evals['eval/heldout_pass@1']:.3f}"
+          + ("" if pass8 is None else f", pass@8 {pass8:.3f}") + f"; metrics in {run_dir}/metrics.jsonl")
 
 
 def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):
