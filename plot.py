@@ -405,4 +405,4 @@ if __name__ == "__main__":
     import utils
 
     with utils.clean_errors():
-        raise SystemExit(main(tyro.cli(Args)))
+        raise SystemExit(main(utils.cli(Args, __doc__.splitlines()[0])))
