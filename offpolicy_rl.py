@@ -11,7 +11,6 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 import checkpoints
@@ -261,4 +260,4 @@ def main(args: Args):
 
 if __name__ == "__main__":
     with utils.clean_errors():
-        main(tyro.cli(Args))
+        main(utils.cli(Args, __doc__.splitlines()[0]))

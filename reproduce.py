@@ -313,10 +313,10 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    from utils import clean_errors
+    import utils
 
-    cli = tyro.cli(Args)
-    with clean_errors():
+    cli = utils.cli(Args, __doc__.splitlines()[0])
+    with utils.clean_errors():
         if cli.collect_traces_to:
             collect_other_traces(cli.collect_traces_to, cli.extra)
             raise SystemExit(0)

@@ -272,20 +272,68 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def extract_answer(text: str):
-    """The content of the last \\boxed{...} (braces matched), or else the last number; None if neither."""
+# the answer a response states: its last \boxed{}, else its last "the answer is X" statement, else
+# the math it ends with. A statement or an ending is cut down to its math, which math-verify parses
+ANSWER_STATEMENT = re.compile(r"\banswer\b\W{0,3}(?:(?:is|would be|should be|will be)\b|[=:])|####",
+                              re.I)
+INLINE_MATH = re.compile(r"\$\$([^$\n]+?)\$\$|\$([^$\n]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+MATH_TOKEN = re.compile(r"-?\\d?frac\{[^{}]*\}\{[^{}]*\}"  # \frac{3}{4}, \dfrac{3}{4}
+                        r"|-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")  # -1,234.5 or 3/4
+# all math: LaTeX commands, one-letter variables, digits, operators and brackets
+PLAIN_MATH = re.compile(r"(?:\\[a-zA-Z]+|(?<![a-zA-Z])[a-zA-Z](?![a-zA-Z])"
+                        r"|[\d\s.,+\-*/^=<>()\[\]{}|_'])+")
+SENTENCE_END = re.compile(r"[.!?;:](?:\s|$)|,\s+(?=[A-Za-z])|\n")
+
+
+def _last_box(text: str):
+    """(True, content) of the last \\boxed{...} / \\fbox{...} (braces matched; None if unclosed), or
+    (False, None) if there is none."""
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i >= 0:
-        j = text.find("{", i)
-        if j >= 0 and text[i:j].strip() in ("\\boxed", "\\fbox"):
-            depth = 0
-            for k in range(j, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[k], 0)
-                if depth == 0:
-                    return text[j + 1 : k].strip()
-            return None  # unclosed: no answer
-    numbers = NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+    j = text.find("{", i) if i >= 0 else -1
+    if j < 0 or text[i:j].strip() not in ("\\boxed", "\\fbox"):
+        return False, None
+    depth = 0
+    for k in range(j, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return True, text[j + 1 : k].strip()
+    return True, None
+
+
+def _math_of(text: str, last: bool = False):
+    """`text` itself if it is all math (numbers, operators, LaTeX commands, one-letter variables:
+    "x = 5", "\\frac{3}{4}"), else its first (or last) number, fraction or \\frac; None if none."""
+    text = text.strip().strip("*").strip()
+    if PLAIN_MATH.fullmatch(text) and re.search(r"[\dA-Za-z]", text):
+        return text
+    tokens = MATH_TOKEN.findall(text)
+    return (tokens[-1] if last else tokens[0]) if tokens else None
+
+
+def extract_answer(text: str):
+    """The answer a response states, as text for math-verify; None if it states none:
+    1. the content of the last \\boxed{...} (an unclosed one: no answer);
+    2. else the last "the answer is X" / "Answer: X" / "#### X": X up to the end of its sentence,
+       cut down to its math ("So the answer is 3/4." -> 3/4, "Answer: $x = 5$" -> x = 5);
+    3. else what the text ends with: its last inline math ($...$, \\(...\\)) or its last number,
+       fraction (3/4) or \\frac{..}{..}, whichever ends later."""
+    boxed, content = _last_box(text)
+    if boxed:
+        return content
+    statements = list(ANSWER_STATEMENT.finditer(text))
+    if statements:
+        rest = text[statements[-1].end() :].lstrip(" \t*:")
+        math = INLINE_MATH.match(rest)
+        if math:
+            answer = _math_of(next(g for g in math.groups() if g is not None))
+        else:  # a lone '$' is a currency sign
+            answer = _math_of(SENTENCE_END.split(rest.lstrip("$"), maxsplit=1)[0])
+        if answer is not None:
+            return answer
+    maths, tokens = list(INLINE_MATH.finditer(text)), list(MATH_TOKEN.finditer(text))
+    if maths and (not tokens or maths[-1].end() > tokens[-1].end()):
+        return _math_of(next(g for g in maths[-1].groups() if g is not None), last=True)
+    return tokens[-1].group() if tokens else None
 
 
 def answer_start(decode, trace_ids, gold) -> int:
@@ -322,7 +370,7 @@ def _parse(expr: str):
 
 
 def math_verify_correct(gold: str, response_text: str) -> bool:
-    """math-verify equivalence of the extracted answer (boxed, else last number) and the reference."""
+    """math-verify equivalence of the answer the response states (extract_answer) and the reference."""
     from math_verify import verify
 
     pred = extract_answer(response_text)

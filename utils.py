@@ -9,10 +9,12 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -177,6 +179,45 @@ def log_tensorboard(run_dir: str, row: dict):
                 writers[sub].add_scalar(k, v, step)
     for w in writers.values():
         w.flush()
+
+
+# COMMAND LINE: tyro, with the script's one-line description and one default per flag
+STATED_DEFAULT = re.compile(r"\s*(?:\(default: ([^()]*)\)|[;,] default: ([^()]*))$")
+"""a field docstring's own "(default: ...)" / "; default: ...", at its end: what None means there"""
+
+
+def cli(args_class, description: str):
+    """tyro.cli for an entry point, --help opening with `description`: a flag whose docstring
+    says what its default means ("(default: runs/<script>__<seed>__<time>)") shows that one
+    default, instead of tyro's "(default: None)" after it as well."""
+    import tyro
+
+    registry, asking = tyro.constructors.ConstructorRegistry(), []
+
+    @registry.struct_rule
+    def stated_defaults(info):
+        if asking or info.type is not args_class:
+            return None
+        asking.append(True)  # tyro's own rule makes the spec: this rule steps aside meanwhile
+        try:
+            spec = tyro.constructors.ConstructorRegistry.get_struct_spec(info)
+        finally:
+            asking.pop()
+        if not isinstance(spec, tyro.constructors.StructConstructorSpec):
+            return spec
+        fields = []
+        for f in spec.fields:
+            text = f.helptext() if callable(f.helptext) else f.helptext
+            stated = text and STATED_DEFAULT.search(text)
+            if stated:
+                said = f"(default: {stated.group(1) or stated.group(2)})"
+                hint = tyro.conf.arg(help_behavior_hint=said)
+                f = dataclasses.replace(f, type=Annotated[f.type, hint],
+                                        helptext=text[: stated.start()])
+            fields.append(f)
+        return dataclasses.replace(spec, fields=tuple(fields))
+
+    return tyro.cli(args_class, description=description, registry=registry)
 
 
 # FLAGS: every flag of every entry point (the four scripts, reproduce.py, plot.py, bench/), checked at
@@ -522,10 +563,12 @@ def eval_pass_rates(model, task, problems, args, generator):
 
 
 def print_summary(run_dir, evals, start):
-    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are."""
-    pass8 = float("nan") if evals["eval/heldout_pass@8"] is None else evals["eval/heldout_pass@8"]
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, held-out pass@1 "
-          f"{evals['eval/heldout_pass@1']:.3f}, pass@8 {pass8:.3f}; metrics in {run_dir}/metrics.jsonl")
+    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are.
+    pass@8 is shown only where it was measured (--eval-samples >= 8)."""
+    pass8 = evals.get("eval/heldout_pass@8")
+    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, "
+          f"held-out pass@1 {evals['eval/heldout_pass@1']:.3f}"
+          + ("" if pass8 is None else f", pass@8 {pass8:.3f}") + f"; metrics in {run_dir}/metrics.jsonl")
 
 
 def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):

@@ -20,7 +20,6 @@ import sys
 
 import numpy as np
 import torch
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
@@ -101,4 +100,4 @@ def main(args: prefixrl.Args):
 
 if __name__ == "__main__":
     with utils.clean_errors():
-        main(tyro.cli(prefixrl.Args, description=__doc__))
+        main(utils.cli(prefixrl.Args, __doc__))

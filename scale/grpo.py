@@ -30,7 +30,6 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
@@ -219,4 +218,4 @@ def main(args: Args):
 
 if __name__ == "__main__":
     with utils.clean_errors():
-        main(tyro.cli(Args, description=__doc__))
+        main(utils.cli(Args, __doc__))

@@ -1,8 +1,10 @@
 """Bad flags stop at start-up with one line (exit 2), before any model is loaded; --final-eval-samples is the
 final evaluation's size."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -148,6 +150,30 @@ def test_every_entry_point_refuses_a_bad_flag_with_one_line(tmp_path):
         lines = err.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (cmd, proc.returncode, err)
     assert not os.path.exists(cache)
+
+
+HELP = ["prefixrl.py", "standard_rl.py", "sft_rl.py", "offpolicy_rl.py", "reproduce.py", "plot.py"]
+
+
+def test_help_names_the_script_and_one_default_per_flag():
+    """--help: under the usage line, the first line of the script's docstring; each flag shows at
+    most one default, its docstring's own where it states one (--run-dir's, not tyro's None too)."""
+    env = dict(os.environ, COLUMNS="1000")  # no line wrapped
+    procs = [subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for script in HELP]
+    for script, proc in zip(HELP, procs):  # all at once: most of each is importing torch
+        out, err = proc.communicate(timeout=300)
+        with open(os.path.join(ROOT, script)) as f:
+            description = ast.get_docstring(ast.parse(f.read())).splitlines()[0]
+        lines = out.splitlines()
+        assert proc.returncode == 0 and lines[0].startswith(f"usage: {script} "), (script, err)
+        assert lines[2] == description, (script, out)
+        flags = re.split(r"\n│ (?=-)", out)[1:]  # a block per flag: the flag, then its help
+        assert len(flags) >= 5 and all(block.count("default:") <= 1 for block in flags), out
+        if script.endswith("_rl.py"):
+            run_dir = next(block for block in flags if block.startswith("--run-dir"))
+            assert "(default: runs/<script>__<seed>__<time>)" in run_dir, run_dir
+            assert "None)" not in run_dir, run_dir
 
 
 @pytest.mark.parametrize("script,n", [("prefixrl", 3), ("standard_rl", None), ("sft_rl", 5), ("offpolicy_rl", 1)])

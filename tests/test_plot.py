@@ -1,5 +1,6 @@
-"""plot.py on tiny synthetic run dirs (every figure, results.md numbers equal the files' numbers) and
-reproduce.py --dry-run (the commands it would run), and bench/takeoff.py on a synthetic groups.jsonl."""
+"""plot.py on tiny synthetic run dirs (every figure, results.md numbers equal the files' numbers),
+claims.py's checks on fabricated runs, reproduce.py --dry-run (the commands it would run), and
+bench/takeoff.py on a synthetic groups.jsonl."""
 
 import json
 import math
@@ -9,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+import claims
 import plot
 import reproduce
+import rundirs
 import tasks
 from utils import InputError
 
@@ -226,13 +229,13 @@ def test_missing_final_eval_skips_passk(tmp_path, capsys):
 
 def test_settings_split_only_on_keys_that_apply_to_the_task():
     def run(**a):
-        return plot.Run(path=f"r{len(a)}", args=dict(script="prefixrl", seed=1, task="toy", level=3, hard_min=7, hard_max=8, **a),
-                        rows=[], final_eval=None)
+        args = dict(script="prefixrl", seed=1, task="toy", level=3, hard_min=7, hard_max=8, **a)
+        return rundirs.Run(path=f"r{len(a)}", args=args, rows=[], final_eval=None)
 
     toy_a, toy_b, hard = run(), run(), run()
     toy_b.args["level"] = 4  # --level is for --task arith: not a different toy setting
     hard.args["hard_min"] = 9
-    assert [len(ms[0].runs) for _, ms in plot.group([toy_a, toy_b, hard])] == [2, 1]
+    assert [len(ms[0].runs) for _, ms in rundirs.group([toy_a, toy_b, hard])] == [2, 1]
 
 
 # The claims on fabricated runs: eval rows every EVERY steps, each followed by a training row
@@ -242,7 +245,7 @@ def fake_run(script, pass1, flops_per_eval, offset=0.0, heldout=None, train=(), 
         flops = offset + i * flops_per_eval
         rows += [{"step": i * EVERY, "flops": flops, "eval/train_pass@1": p, "eval/heldout_pass@1": (heldout or pass1)[i]},
                  {"step": i * EVERY + 1, "flops": flops, **dict(train)}]
-    return plot.Run(f"{script}_{len(args)}", dict(script=script, seed=1, **args), rows, None)
+    return rundirs.Run(f"{script}_{len(args)}", dict(script=script, seed=1, **args), rows, None)
 
 
 # the paper's regime: RL n=8 stuck, RL n=64 a little better, PrefixRL well ahead (on the FLOPs axis too)
@@ -258,8 +261,8 @@ REGIME = {
     "off": dict(script="offpolicy_rl", pass1=[0, .1, .2, .3, .35], flops_per_eval=1e11, offset=5e10,
                 train={"train/grad_norm": .5, "train/grad_std": .3}),
 }
-REGIME_CLAIMS = [plot.claim_rl8_stays_low, plot.claim_rl64_between, plot.claim_prefixrl_solves_most, plot.claim_heldout_above_rl,
-                 plot.claim_ahead_on_flops]
+REGIME_CLAIMS = [claims.claim_rl8_stays_low, claims.claim_rl64_between, claims.claim_prefixrl_solves_most,
+                 claims.claim_heldout_above_rl, claims.claim_ahead_on_flops]
 
 
 def regime_methods(**changes):
@@ -269,43 +272,43 @@ def regime_methods(**changes):
         change = changes.get(m, {})
         train = {k: v for k, v in {**spec.get("train", {}), **change.get("train", {})}.items() if v is not None}
         runs.append(fake_run(**{**spec, **change, "train": train}))
-    (_, methods), = plot.group(runs)
+    (_, methods), = rundirs.group(runs)
     return methods
 
 
 def test_regime_claims_supported():
     methods = regime_methods()
     assert [m.label for m in methods] == ["RL n=8", "RL n=64", "Off-policy RL", "PrefixRL", "PrefixRL, other-family traces"]
-    cast = plot.Cast.of(methods)
-    for claim in REGIME_CLAIMS + [plot.claim_other_family, plot.claim_fewer_all_negative]:
+    cast = claims.Cast.of(methods)
+    for claim in REGIME_CLAIMS + [claims.claim_other_family, claims.claim_fewer_all_negative]:
         assert claim(cast)[1] == "supported", claim(cast)
-    _, _, measured = plot.claim_other_family(cast)
+    _, _, measured = claims.claim_other_family(cast)
     assert ("final train pass@1: own traces 0.700, PrefixRL, other-family traces 0.650; "
             "final held-out pass@1: own traces 0.700, PrefixRL, other-family traces 0.680") in measured
-    _, _, measured = plot.claim_grad_norm_and_std(cast)
+    _, _, measured = claims.claim_grad_norm_and_std(cast)
     assert ("grad norm PrefixRL max 0.2, median 0.2 (max/median 1.0), Off-policy RL max 0.5, median 0.5 (max/median 1.0); "
             "mean grad std PrefixRL 0.1, Off-policy RL 0.3") in measured
 
 
 @pytest.mark.parametrize("claim, changes, status, measured", [
-    (plot.claim_rl8_stays_low, {"rl8": {"pass1": [0, .1, .2, .3, .1]}}, "partly", "highest eval train pass@1 (mean over seeds) 0.300"),
-    (plot.claim_rl8_stays_low, {"rl8": {"train": {"train/all_negative_frac": .4}}}, "partly", "over the whole run 0.400 ('most' = above 0.5)"),
-    (plot.claim_rl64_between, {"rl64": {"pass1": [0, .1, .2, .3, .6]}}, "partly", "RL n=64 0.600, PrefixRL 0.700 ('well below' = at most 0.67"),
-    (plot.claim_prefixrl_solves_most, {"pre": {"pass1": [0, .1, .2, .3, .4]}}, "partly", "PrefixRL 0.400, RL n=8 0.120"),
-    (plot.claim_heldout_above_rl, {"rl64": {"heldout": [0, .1, .2, .3, .8]}}, "partly", "PrefixRL 0.700, RL n=8 0.120, RL n=64 0.800"),
-    (plot.claim_ahead_on_flops, {"pre": {"pass1": [0, .02, .5, .6, .7]}}, "partly", "vs RL n=8: ahead at 3/4 points compared, 0 beyond"),
-    (plot.claim_ahead_on_flops, {"pre": {"flops_per_eval": 3e11}}, "partly", "vs RL n=8: ahead at 1/1 points compared, 3 beyond"),
+    (claims.claim_rl8_stays_low, {"rl8": {"pass1": [0, .1, .2, .3, .1]}}, "partly", "highest eval train pass@1 (mean over seeds) 0.300"),
+    (claims.claim_rl8_stays_low, {"rl8": {"train": {"train/all_negative_frac": .4}}}, "partly", "over the whole run 0.400 ('most' = above 0.5)"),
+    (claims.claim_rl64_between, {"rl64": {"pass1": [0, .1, .2, .3, .6]}}, "partly", "RL n=64 0.600, PrefixRL 0.700 ('well below' = at most 0.67"),
+    (claims.claim_prefixrl_solves_most, {"pre": {"pass1": [0, .1, .2, .3, .4]}}, "partly", "PrefixRL 0.400, RL n=8 0.120"),
+    (claims.claim_heldout_above_rl, {"rl64": {"heldout": [0, .1, .2, .3, .8]}}, "partly", "PrefixRL 0.700, RL n=8 0.120, RL n=64 0.800"),
+    (claims.claim_ahead_on_flops, {"pre": {"pass1": [0, .02, .5, .6, .7]}}, "partly", "vs RL n=8: ahead at 3/4 points compared, 0 beyond"),
+    (claims.claim_ahead_on_flops, {"pre": {"flops_per_eval": 3e11}}, "partly", "vs RL n=8: ahead at 1/1 points compared, 3 beyond"),
     # like with like: PrefixRL's no-prefix rollouts against standard RL's, though its plain keys (all rollouts) would pass
-    (plot.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": .9}}}, "not supported",
+    (claims.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": .9}}}, "not supported",
      "PrefixRL (no-prefix rollouts) 0.900, RL n=8 0.800"),
-    (plot.claim_entropy, {"pre": {"train": {"train/entropy_no_prefix": .01}}}, "not supported",
+    (claims.claim_entropy, {"pre": {"train": {"train/entropy_no_prefix": .01}}}, "not supported",
      "PrefixRL (no-prefix rollouts) 0.010, RL n=8 0.300"),
     # an older run without the no-prefix key: the plain key, and a note
-    (plot.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": None}}}, "supported",
+    (claims.claim_fewer_all_negative, {"pre": {"train": {"train/all_negative_frac_no_prefix": None}}}, "supported",
      "1/1 run(s) log no train/all_negative_frac_no_prefix (older runs): all rollouts there, prefixed ones included) 0.100"),
 ])
 def test_claims_on_fabricated_runs(claim, changes, status, measured):
-    got = claim(plot.Cast.of(regime_methods(**changes)))
+    got = claim(claims.Cast.of(regime_methods(**changes)))
     assert got[1].split(" (as far as tested")[0] == status and measured in got[2], got
 
 

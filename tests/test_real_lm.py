@@ -237,6 +237,47 @@ def test_math_verify_reward(gold, text, ok):
     assert tasks.math_verify_correct(gold, text) is ok
 
 
+# How models end a solution without a box: a final "the answer is X" statement, or the math they end
+# with. (gold, response, the answer extract_answer reads, correct); the old last-number rule read the
+# last number: 4 of "3/4", 9 of "... = 9" after the statement, 3 of "2\sqrt{3}"
+PHRASINGS = [
+    ("\\frac{3}{4}", "So the answer is 3/4.", "3/4", True),
+    ("0.75", "So the answer is 3/4.", "3/4", True),
+    ("\\frac{3}{5}", "So the answer is 3/4.", "3/4", False),
+    ("\\frac{3}{4}", "The final answer is: $\\frac{3}{4}$", "\\frac{3}{4}", True),
+    ("12", "Answer: 12", "12", True),
+    ("12", "Answer: 13", "13", False),
+    ("12", "**Final Answer:** 12", "12", True),
+    ("-7", "Solving for x, the answer is $-7$.", "-7", True),
+    ("7", "Solving for x, the answer is $-7$.", "-7", False),
+    ("1234", "Adding them up, the answer is 1,234.", "1,234", True),
+    ("1234", "Adding them up, the answer is 1,243.", "1,243", False),
+    ("3.5", "Half of 7 is 3.5, so the answer is 3.5.", "3.5", True),
+    ("3.5", "So the answer is 3.25.", "3.25", False),
+    ("5", "Therefore the answer is x = 5.", "x = 5", True),
+    ("5", "Subtracting 3 from both sides, we get $x = 5$.", "x = 5", True),
+    ("6", "Subtracting 3 from both sides, we get $x = 5$.", "x = 5", False),
+    ("12", "The answer is 12 apples, since 3 x 4 = 12.", "12", True),
+    ("12", "The answer is 12. Check: 12 - 3 = 9", "12", True),  # the statement, not the last number
+    ("9", "The answer is 12. Check: 12 - 3 = 9", "12", False),
+    ("5", "The answer is 5, not 6.", "5", True),
+    ("12", "The answer is $12.", "12", True),  # a lone '$' is a dollar sign
+    ("42", "Janet earns 6 * 7 = 42 dollars.\n#### 42", "42", True),
+    ("0.75", "3 of the 4 marbles are red, so the probability is 3/4", "3/4", True),  # a trailing fraction
+    ("\\frac{3}{4}", "which simplifies to \\frac{3}{4}", "\\frac{3}{4}", True),
+    ("2\\sqrt{3}", "The side length is $2\\sqrt{3}$.", "2\\sqrt{3}", True),  # trailing inline math
+    ("15", "It costs $12 and $3 more, so $15 in total.", "15", True),
+    ("60", "The answer is \\boxed{60}, not 61.\nAnswer: 61", "60", True),  # a box comes first
+    ("61", "The answer is \\boxed{60}, not 61.\nAnswer: 61", "60", False),
+]
+
+
+@pytest.mark.parametrize("gold,text,answer,ok", PHRASINGS)
+def test_answer_phrasings(gold, text, answer, ok):
+    assert tasks.extract_answer(text) == answer
+    assert tasks.math_verify_correct(gold, text) is ok
+
+
 def test_math_verify_works_off_the_main_thread():
     import concurrent.futures
 

@@ -42,6 +42,22 @@ def test_smoke_run(script, toy_cache, teacher_traces, tmp_path):
         assert evals[0]["flops"] == 0.0  # standard RL does not use the traces, so pays nothing for them
 
 
+@pytest.mark.parametrize("eval_samples", [4, 8])
+def test_summary_shows_only_the_pass_at_k_measured(eval_samples, toy_cache, teacher_traces, tmp_path, capsys):
+    """Fewer than 8 evaluation samples per problem measure no pass@8: the summary leaves it out
+    (never 'nan') and metrics.jsonl holds null; with 8 it is shown, as logged."""
+    run_dir = str(tmp_path / "run")
+    flags = {**TINY, "steps": 1, "eval_samples": eval_samples}
+    standard_rl.main(standard_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **flags))
+    summary = [ln for ln in capsys.readouterr().out.splitlines() if "held-out pass@1" in ln]
+    last = [r for r in read_metrics(run_dir) if "eval/heldout_pass@1" in r][-1]
+    assert len(summary) == 1 and "nan" not in summary[0]
+    if eval_samples < 8:
+        assert last["eval/heldout_pass@8"] is None and "pass@8" not in summary[0]
+    else:
+        assert f"pass@8 {last['eval/heldout_pass@8']:.3f};" in summary[0]
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--cut-min", "0.9", "--cut-max", "0.5"], "cut range"),
     (["--rollouts", "1"], "--rollouts must be >= 2"),
