@@ -4,6 +4,8 @@ extra (pip install -r scale/requirements.txt: TRL, datasets, tensorboard); skipp
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,8 +174,95 @@ def test_trl_smoke_run_logs_the_scripts_metrics(toy_cache, teacher_traces, tmp_p
     assert [r["step"] for r in train] == [1, 2, 3]
     for r in train:
         assert 0 <= r["train/reward_prefixed"] <= 1 and 0 <= r["train/reward_no_prefix"] <= 1
+        assert 0 <= r["trl/completions/clipped_ratio"] <= 1  # TRL's own: completions cut at --max-new-tokens
         assert 0 <= r["train/all_negative_frac"] <= 1 and r["train/entropy"] > 0 and r["train/response_len"] > 0
     assert [r["step"] for r in rows if "eval/heldout_pass@1" in r] == [0, 2, 3]  # at the start, every 2 steps, at the end
     flops = [r["flops"] for r in rows]
     assert flops == sorted(flops) and flops[0] == 4.0 < flops[-1]  # first the traces' FLOPs (the teacher file's 4.0), as prefixrl.py
     assert os.path.isfile(os.path.join(run_dir, "policy", "config.json"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class StopAt:
+    """Wraps grpo.build so that the run is killed (KeyboardInterrupt) as step `step` + 1 begins."""
+
+    def __init__(self, monkeypatch, step):
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise KeyboardInterrupt(f"killed before step {step + 1}")
+
+        real = grpo.build
+        monkeypatch.setattr(grpo, "build", lambda *a, **k: (lambda out: (out[0].add_callback(Kill()), out)[1])(real(*a, **k)))
+
+
+def test_resume_continues_from_the_last_checkpoint_with_the_rows_of_an_uninterrupted_run(toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """Killed after step 3 with checkpoints every 2 steps: --resume drops step 3's row, continues from
+    checkpoint-2 and ends with the uninterrupted run's metrics.jsonl (byte for byte) and weights."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(tasks, "toy_reward", planted_reward)  # non-zero advantages: the weights move
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, steps=4)
+    flags = dict(data=ex.out, cache_dir=toy_cache, eval_every=2, save_every=2, threads=1)
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    grpo.main(grpo.Args(run_dir=whole, **flags))
+    with monkeypatch.context() as m:
+        StopAt(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            grpo.main(grpo.Args(run_dir=cut, **flags))
+    assert [r["step"] for r in read_metrics(cut)] == [0, 1, 2, 2, 3]  # eval at 0 and 2; step 3 logged after checkpoint-2
+    assert [d for d in sorted(os.listdir(cut)) if d.startswith(("checkpoint", "policy"))] == ["checkpoint-2"]
+    grpo.main(grpo.Args(resume=cut, threads=1))
+    with open(os.path.join(whole, "metrics.jsonl")) as a, open(os.path.join(cut, "metrics.jsonl")) as b:
+        assert a.read() == b.read()
+    rows = read_metrics(cut)
+    assert [r["step"] for r in rows] == [0, 1, 2, 2, 3, 4, 4] and all(r["train/grad_norm"] > 0 for r in rows if "train/grad_norm" in r)
+    weights = [load_file(os.path.join(d, "policy", "model.safetensors")) for d in (whole, cut)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(SystemExit) as done:  # finished: nothing to resume
+        grpo.main(grpo.Args(resume=cut))
+    assert done.value.code == 0
+    with pytest.raises(utils.InputError, match="drop --steps"):
+        grpo.main(grpo.Args(resume=whole, steps=2))
+
+
+def run_grpo(*argv, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, "scale/grpo.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_process_count_other_than_the_one_asked_for_is_refused_with_one_line(tmp_path):
+    """Before anything is loaded or written: --num-processes 2 on one process, and accelerate launch --cpu
+    --num_processes 2 (which starts one process)."""
+    data, run_dir = str(tmp_path / "no-export"), str(tmp_path / "run")
+    out = run_grpo("--data", data, "--run-dir", run_dir, "--num-processes", "2")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: --num-processes 2 but 1 process is running; on CPUs launch with torchrun --nproc-per-node N "
+        "(accelerate launch --cpu starts one process)")
+    accelerate = (os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--cpu", "--num_processes", "2")
+    out = run_grpo("--data", data, "--run-dir", run_dir, launcher=accelerate)
+    assert out.returncode != 0
+    assert "error: accelerate launch was asked for several processes but started one; on CPUs launch with torchrun" in out.stderr
+    assert not os.path.exists(run_dir)
+
+
+def test_vllm_settings_reach_trl(toy_cache, teacher_traces, tmp_path):
+    """TRL's importance-sampling correction is off unless asked for (the objective stays REINFORCE), vLLM's
+    context is the longest prompt + --max-new-tokens (not the model's declared maximum), sleep mode is passed."""
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces)
+    longest = max(len(r["prompt_ids"]) for name in ("train.jsonl", "heldout.jsonl") for r in read_rows(os.path.join(ex.out, name)))
+    meta = grpo.read_export(ex.out)
+    trainer, task, _ = grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "a"), cache_dir=toy_cache, eval_every=1), meta)
+    assert trainer.args.vllm_importance_sampling_correction is False and trainer.args.vllm_enable_sleep_mode is False
+    assert trainer.args.vllm_max_model_length == longest + task.max_new_tokens < trainer.model.config.max_position_embeddings
+    assert trainer.args.save_strategy == "steps" and trainer.args.save_steps == 50
+    trainer, _, _ = grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "b"), cache_dir=toy_cache, vllm_importance_sampling_correction=True,
+                                         vllm_enable_sleep_mode=True, vllm_max_model_length=longest + task.max_new_tokens + 5), meta)
+    assert trainer.args.vllm_importance_sampling_correction is True and trainer.args.vllm_enable_sleep_mode is True
+    assert trainer.args.vllm_max_model_length == longest + task.max_new_tokens + 5
+    with pytest.raises(utils.InputError, match="shorter than the longest prompt"):
+        grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "c"), cache_dir=toy_cache, vllm_max_model_length=longest), meta)
