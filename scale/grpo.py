@@ -266,6 +266,8 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     # weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the scripts (the
     # Trainer would spare biases and norm weights)
     trainer.get_decay_parameter_names = lambda model: [name for name, _ in model.named_parameters()]
+    if trainer.accelerator.num_processes != int(os.environ.get("WORLD_SIZE", "1")):  # the Trainer made its own process state
+        raise utils.InputError(f"the trainer runs on {trainer.accelerator.num_processes} of the {os.environ['WORLD_SIZE']} processes launched")
     if task.eos_id not in trainer.eos_token_ids:
         raise utils.InputError(f"TRL would not stop sampling at the task's end token {task.eos_id} (it stops at {trainer.eos_token_ids}); set the model's generation_config.eos_token_id")
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -72,9 +73,9 @@ class StepRecorder:
             h.remove()
         self.handles = []
 
-    def flat(self):
-        """The one step's (gradient, before, after), each flattened over the last model's parameters in name order."""
-        (step,), model = self.steps, self.models[-1]
+    def flat(self, i=None):
+        """The one step's (or step i's) (gradient, before, after), each flattened over the last model's parameters in name order."""
+        (step,), model = self.steps if i is None else [self.steps[i]], self.models[-1]
         named = sorted(model.named_parameters())
         assert {id(p) for _, p in named} == set(step)
         return [torch.cat([step[id(p)][i].flatten() for _, p in named]) for i in range(3)]
@@ -266,3 +267,81 @@ def test_vllm_settings_reach_trl(toy_cache, teacher_traces, tmp_path):
     assert trainer.args.vllm_max_model_length == longest + task.max_new_tokens + 5
     with pytest.raises(utils.InputError, match="shorter than the longest prompt"):
         grpo.build(grpo.Args(data=ex.out, run_dir=str(tmp_path / "c"), cache_dir=toy_cache, vllm_max_model_length=longest), meta)
+
+
+def random_completions(rows, rollouts, seed=0):
+    """Per step, per rollout in the one-process order (each row's prompt `rollouts` times), a completion of
+    1 to 12 toy tokens, most ending with the end token."""
+    rng = np.random.default_rng(seed)
+    words = [i for i in range(len(tasks.VOCAB)) if i not in (tasks.PAD, tasks.BOS, tasks.EOS)]
+    steps = {}
+    for r in rows:
+        for _ in range(rollouts):
+            ids = [int(t) for t in rng.choice(words, rng.integers(1, 12))] + ([tasks.EOS] if rng.random() < 0.8 else [])
+            steps.setdefault(r["step"], []).append(dict(prompt_ids=r["prompt_ids"], completion=ids))
+    return [steps[s] for s in sorted(steps)]
+
+
+def test_two_processes_update_the_weights_as_one(toy_cache, teacher_traces, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo, each process its half of every step's rollouts) and one process,
+    given the same completions: the same prompts, the same gradients at each of 2 steps (after the all-reduce
+    and clipping), the same first AdamW update and the same metrics rows."""
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, lr=1e-2)  # lr: moves far above float32 rounding
+    completions = str(tmp_path / "completions.json")
+    with open(completions, "w") as f:
+        json.dump(random_completions(read_rows(os.path.join(ex.out, "train.jsonl")), ex.rollouts), f)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = {}
+    for n, launcher in ((1, [sys.executable]), (2, [torchrun, "--standalone", "--nproc-per-node", "2"])):
+        run_dir = str(tmp_path / f"p{n}")
+        done = subprocess.run([*launcher, __file__, ex.out, run_dir, toy_cache, completions], cwd=ROOT, capture_output=True, text=True,
+                              timeout=900, env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        ranks = [read_rows(os.path.join(run_dir, f"rank{i}.jsonl"))[0] for i in range(n)]
+        assert [(r["world_size"], r["processes"], r["rank"]) for r in ranks] == [(n, n, i) for i in range(n)]
+        out[n] = (torch.load(os.path.join(run_dir, "steps.pt")), [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir)])
+    (steps1, rows1), (steps2, rows2) = out[1], out[2]
+    assert len(steps1) == len(steps2) == ex.steps == 2
+    for (grad1, _, _), (grad2, _, _) in zip(steps1, steps2):
+        torch.testing.assert_close(grad2, grad1, rtol=1e-4, atol=1e-5 * grad1.abs().max().item())
+    (grad1, before1, after1), (grad2, before2, after2) = steps1[0], steps2[0]
+    assert torch.equal(before2, before1)
+    sure = grad1.abs() > 1e-6  # as in the one-step test: Adam magnifies float noise in tiny gradients (so step 2 starts
+    assert sure.float().mean() > 0.5 and (after1 - before1).abs().max() > 0.5 * ex.lr
+    torch.testing.assert_close((after2 - before2)[sure], (after1 - before1)[sure], rtol=0, atol=1e-4 * ex.lr)  # a little apart)
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == [1, 2] and all(r["train/grad_norm"] > 0 for r in rows1)
+    for r1, r2 in zip(rows1, rows2):
+        assert r1.keys() == r2.keys()
+        for k in r1:
+            assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-7), k
+
+
+def worker(data, run_dir, cache, completions):
+    """One process of test_two_processes_update_the_weights_as_one: scale/grpo.py's main on the export, TRL
+    given this process's share of each step's completions, every optimizer step recorded on rank 0."""
+    from accelerate import PartialState
+
+    with open(completions) as f:
+        completions = json.load(f)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "toy_reward", planted_reward)
+
+        def rollout(prompts, trainer):
+            state, (prompt_ids, _, _) = PartialState(), trainer._tokenize_prompts(prompts)
+            k = len(prompts)  # this process's rollouts: its contiguous share of the step's, in rank order
+            mine = completions[trainer.state.global_step][state.process_index * k : (state.process_index + 1) * k]
+            assert [list(ids) for ids in prompt_ids] == [c["prompt_ids"] for c in mine]
+            return dict(prompt_ids=prompt_ids, completion_ids=[c["completion"] for c in mine], logprobs=None)
+
+        n = int(os.environ.get("WORLD_SIZE", "1"))
+        with StepRecorder(mp) as rec:
+            grpo.main(grpo.Args(data=data, run_dir=run_dir, cache_dir=cache, threads=1, save_every=0, num_processes=n), rollout_func=rollout)
+        state = PartialState()
+        with open(os.path.join(run_dir, f"rank{state.process_index}.jsonl"), "w") as f:
+            f.write(json.dumps(dict(world_size=n, processes=state.num_processes, rank=state.process_index)) + "\n")
+        if state.is_main_process:
+            torch.save([rec.flat(i) for i in range(len(rec.steps))], os.path.join(run_dir, "steps.pt"))
+
+
+if __name__ == "__main__":  # python|torchrun tests/test_scale.py DATA RUN_DIR CACHE COMPLETIONS
+    worker(*sys.argv[1:5])
