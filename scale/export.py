@@ -4,9 +4,15 @@
     python scale/export.py --algo standard_rl --out data/toy-rl       # standard RL: the original problems only
     python scale/export.py --prefixed-only --out data/toy-prefixed    # prefixed problems only (paper §4)
 
-It takes prefixrl.py's flags and finds the traces as the script does (collected once, cached in
---cache-dir, or --traces FILE), cuts the same prefixes, and draws every step's prompts with the same
-seeded calls, so row for row the data is what `prefixrl.py --seed S` samples from. OUT gets:
+It takes prefixrl.py's flags and finds the traces as the script does (collected once with this
+repository's sampler, cached in --cache-dir, or --traces FILE), cuts the same prefixes, and draws
+every step's prompts with the same seeded calls, so row for row the data is what `prefixrl.py --seed
+S` samples from. At scale collect the traces with vLLM first and give the file with --traces:
+
+    python scale/collect_traces.py <the task and trace flags> --out traces.json
+    python scale/export.py <the same flags> --traces traces.json --out data/...
+
+OUT gets:
 - train.jsonl: --steps x --prompts-per-step rows, step after step; each step holds the script's mix
   (round(--prompts-per-step x --prefixed-fraction) prefixed problems, the rest original), in its order.
   Fields: prompt (the text of prompt_ids, special tokens kept), prompt_ids (the problem's prompt, then
@@ -63,6 +69,9 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+        if args.model not in models.TOY_MODELS and not os.path.exists(trace_path):
+            print("collecting the traces with this repository's sampler; at scale, collect them "
+                  "with scale/collect_traces.py (vLLM) and give --traces FILE")
         traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")

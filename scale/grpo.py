@@ -1,7 +1,9 @@
 """Train on an exported mixture (scale/export.py) with TRL's GRPOTrainer, set to the scripts' objective.
 
     python scale/export.py --out data/toy-prefixrl && python scale/grpo.py --data data/toy-prefixrl
-    accelerate launch --num_processes 8 scale/grpo.py --data DIR --use-vllm     # several GPUs, vLLM sampling
+    accelerate launch --num_processes 8 scale/grpo.py --data DIR --num-processes 8 --use-vllm
+    torchrun --nproc-per-node 2 scale/grpo.py --data DIR --num-processes 2  # 2 CPU processes, gloo
+    python scale/grpo.py --resume RUN_DIR                # continue from RUN_DIR's last checkpoint
 
 The objective is prefixrl.py's (and standard_rl.py's): REINFORCE with a group-mean baseline (advantage =
 reward - group mean, no std scaling: scale_rewards="none"), no KL term (beta = 0), one optimizer step per
@@ -17,9 +19,18 @@ differs: TRL samples with transformers' generate (or vLLM), not utils.sample, so
 it also stops at the tokenizer's and generation config's end-of-sequence ids (refused if the task's
 own is not among them); --std-normalize divides by std + 1e-4 (the scripts: 1e-6); evaluation (--eval-
 every) is pass@1 on held-out problems at the training temperature. Rows logged to RUN_DIR/metrics.jsonl
-carry the scripts' names (train/reward_no_prefix, train/reward_prefixed, train/all_negative_frac, ...).
+carry the scripts' names (train/reward_no_prefix, train/reward_prefixed, train/all_negative_frac,
+...) and TRL's own under trl/ (trl/completions/clipped_ratio: the share of completions cut at
+--max-new-tokens; with --vllm-importance-sampling-correction, trl/sampling/...: the IS ratios).
+
+With vLLM, TRL 1.16 by default weights each rollout's loss by pi_train / pi_vLLM and drops rollouts
+whose ratio is above 3; here that correction is off unless --vllm-importance-sampling-correction is
+given, so the objective stays plain REINFORCE on vLLM's draws (as the scripts treat their draws).
 """
 
+import dataclasses
+import glob
+import importlib.util
 import json
 import os
 import sys
@@ -40,10 +51,19 @@ from scale.export import FORMAT  # noqa: E402
 
 @dataclass
 class Args:
-    data: str
+    data: Optional[str] = None
     """an export directory (scale/export.py --out): train.jsonl, heldout.jsonl, meta.json"""
     run_dir: Optional[str] = None
-    """where args.json, metrics.jsonl and the final policy/ go (default: runs/grpo__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint-STEP/ and the final policy/ go
+    (default: runs/grpo__<seed>__<time>)"""
+    resume: Optional[str] = None
+    """continue the run in this run dir from its last checkpoint-STEP/, with its args.json flags"""
+    save_every: int = 50
+    """write RUN_DIR/checkpoint-STEP/ (weights, optimizer, scheduler, RNG states) every this many
+    steps and at the end, keeping the last (0: never)"""
+    num_processes: Optional[int] = None
+    """the processes this run must have (torchrun --nproc-per-node, accelerate launch
+    --num_processes); another count is refused (default: the launcher's WORLD_SIZE)"""
     seed: Optional[int] = None
     """seed of sampling (default: the export's --seed; the order of the prompts is the export's)"""
     model: Optional[str] = None
@@ -70,6 +90,14 @@ class Args:
     """colocate: the share of each GPU's memory vLLM may take"""
     vllm_tensor_parallel_size: int = 1
     """colocate: GPUs one vLLM engine spans"""
+    vllm_max_model_length: Optional[int] = None
+    """vLLM's context window (default: the longest prompt with its prefix + --max-new-tokens, not
+    the model's declared maximum)"""
+    vllm_enable_sleep_mode: bool = False
+    """colocate: vLLM frees its weights and KV cache while the trainer computes the update"""
+    vllm_importance_sampling_correction: bool = False
+    """TRL's correction for vLLM's numerics (sequence_mask, cap 3): each rollout's loss times
+    pi_train / pi_vLLM, rollouts above 3 dropped; the objective is then no longer plain REINFORCE"""
     eval_every: int = 0
     """pass@1 on the held-out problems at the start, every this many steps and at the end, at the training temperature (0: never)"""
     tensorboard: bool = False
@@ -97,16 +125,102 @@ def require_extra():
     return datasets, trl
 
 
-def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
-    """The GRPOTrainer of this export, configured to the scripts' objective, its task and run dir."""
+# PROCESSES: the ones launched, all of them in one process group
+def process_state():
+    """accelerate's state, made for the CPU when there is no GPU: otherwise processes started by
+    torchrun on CPUs never join a group and each trains alone on the whole batch."""
     from accelerate import PartialState
 
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def check_processes(expected, source=None):
+    """The processes in the group must be those launched (WORLD_SIZE) and, with --num-processes (or
+    a resumed run's count, `source` saying so), those asked for. Returns their count."""
+    running, launched = process_state().num_processes, int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = "on CPUs launch with torchrun --nproc-per-node N (accelerate launch --cpu starts one)"
+    if running != launched:
+        raise utils.InputError(f"{launched} processes were launched (WORLD_SIZE) but {running} "
+                               f"joined the process group; {cpu}")
+    accelerate_asked_several = {"ACCELERATE_USE_CPU", "MASTER_ADDR"} <= set(os.environ)
+    if expected is None and running == 1 and accelerate_asked_several:
+        raise utils.InputError(f"accelerate launch was asked for several processes but started "
+                               f"one; {cpu}, or give --num-processes 1")
+    if expected is not None and expected != running:
+        asked = f"{source} {expected} processes" if source else f"--num-processes {expected}"
+        are = "processes are" if running > 1 else "process is"
+        raise utils.InputError(f"{asked} but {running} {are} running; {cpu}")
+    return running
+
+
+# CHECKPOINTS: the HF Trainer's checkpoint-STEP/ dirs; --resume continues from the last whole one
+def last_checkpoint(run_dir):
+    """The checkpoint-STEP/ of the highest STEP written to the end (trainer_state.json is last)."""
+    done = [d for d in glob.glob(os.path.join(run_dir, "checkpoint-*"))
+            if os.path.isfile(os.path.join(d, "trainer_state.json"))]
+    return max(done, key=lambda d: int(d.rsplit("-", 1)[1]), default=None)
+
+
+def resume_args(args: Args):
+    """Without --resume: `args` (--data required). With --resume RUN_DIR: the run's own flags
+    (RUN_DIR/args.json; only --threads may be given again); a finished run exits 0."""
+    if not args.resume:
+        if not args.data:
+            raise utils.InputError("give --data DIR (scale/export.py's --out), or --resume RUN_DIR")
+        return args  # a run dir that holds a run is refused by utils.start_run
+    run_dir, defaults, path = args.resume, Args(), os.path.join(args.resume, "args.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        assert isinstance(saved, dict) and saved.get("script") == "grpo"
+    except FileNotFoundError:
+        raise utils.InputError(f"--resume {run_dir}: no args.json there, so it is not a run dir "
+                               "(give the --run-dir of the run to continue)") from None
+    except (OSError, ValueError, AssertionError) as e:
+        raise utils.InputError(f"--resume {run_dir}: '{path}' is unreadable or not a scale/grpo.py "
+                               f"run ({type(e).__name__})") from None
+    names = [f.name for f in dataclasses.fields(Args)]
+    given = [n for n in names if n not in ("resume", "threads")
+             and getattr(args, n) != getattr(defaults, n)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise utils.InputError(f"--resume takes every flag from '{path}'; drop {flag} "
+                               "(only --threads may be given again)")
+    if os.path.isdir(os.path.join(run_dir, utils.POLICY_DIR)):
+        print(f"run dir '{run_dir}' holds a finished run ({utils.POLICY_DIR}/ is there): "
+              "nothing to resume")
+        sys.exit(0)
+    if last_checkpoint(run_dir) is None:
+        raise utils.InputError(f"run dir '{run_dir}' has no whole checkpoint-STEP/ (it stopped "
+                               "before --save-every steps); start it again with another --run-dir")
+    merged = {n: saved.get(n, getattr(defaults, n)) for n in names}
+    threads = args.threads if args.threads != defaults.threads else merged["threads"]
+    return Args(**dict(merged, resume=run_dir, run_dir=run_dir, threads=threads))
+
+
+def cut_rows(run_dir, step):
+    """Drop the rows logged after the checkpoint at `step` (they are logged again), so metrics.jsonl
+    is the uninterrupted run's. A checkpoint follows its step's row and evaluation: those stay."""
+    for name in ("metrics.jsonl", "time.jsonl"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f
+                        if line.strip() and json.loads(line).get("step", 0) <= step]
+            utils.write_atomic(path, "".join(kept))
+
+
+def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
+    """The GRPOTrainer of this export, configured to the scripts' objective, its task and run dir."""
     datasets, trl = require_extra()
+    if args.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise utils.InputError("--use-vllm needs vLLM, which is not installed: "
+                               "pip install -r scale/requirements-gpu.txt (a GPU machine)")
 
     ex = meta["args"]  # the export's flags: the task, the objective's settings
     seed = ex["seed"] if args.seed is None else args.seed
     micro = args.micro_batch or ex["micro_batch"]
-    batch, n_proc = ex["prompts_per_step"] * ex["rollouts"], PartialState().num_processes
+    batch, n_proc = ex["prompts_per_step"] * ex["rollouts"], process_state().num_processes
     if batch % (micro * n_proc):
         raise utils.InputError(f"a step's {ex['prompts_per_step']}x{ex['rollouts']} rollouts do not split into --micro-batch {micro} on {n_proc} processes")
     steps = args.steps or ex["steps"]
@@ -128,6 +242,7 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     n = ex["rollouts"]
 
     def verifier(completion_ids, problem_id, prefix_ids, log_metric, **_):
+        from accelerate import PartialState
         from accelerate.utils import gather_object
 
         rewards = [task.reward(by_id[pid], prefix, list(c)) for c, pid, prefix in zip(completion_ids, problem_id, prefix_ids)]
@@ -142,6 +257,15 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
                     log_metric(name, float(value))
         return rewards
 
+    # VLLM'S CONTEXT: the longest prompt (with its prefix) and a whole completion, not the model's
+    longest = max(len(ids) for rows in (train, heldout) if rows is not None
+                  for ids in rows["prompt_ids"])
+    max_model_length = args.vllm_max_model_length or longest + task.max_new_tokens
+    if max_model_length < longest + task.max_new_tokens:
+        raise utils.InputError(f"--vllm-max-model-length {max_model_length} is shorter than the "
+                               f"longest prompt ({longest} tokens) + --max-new-tokens "
+                               f"{task.max_new_tokens}; raise it or leave it out")
+
     # THE OBJECTIVE
     ga = batch // (micro * n_proc)
     config = trl.GRPOConfig(
@@ -152,15 +276,26 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
         loss_type="dapo" if ex["loss_agg"] == "token" else "grpo", mask_truncated_completions=False, temperature=ex["temperature"],
         top_p=1.0, top_k=0, max_completion_length=task.max_new_tokens, shuffle_dataset=False, bf16=torch.cuda.is_available() if args.bf16 is None else args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, use_vllm=args.use_vllm, vllm_mode=args.vllm_mode,
+        use_cpu=not torch.cuda.is_available(),  # else CPU processes each train alone
         vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization, vllm_tensor_parallel_size=args.vllm_tensor_parallel_size,
-        eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every or None, eval_on_start=args.eval_every > 0, per_device_eval_batch_size=n,
-        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
+        vllm_max_model_length=max_model_length, vllm_enable_sleep_mode=args.vllm_enable_sleep_mode,
+        vllm_importance_sampling_correction=args.vllm_importance_sampling_correction,
+        eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every or None,
+        per_device_eval_batch_size=n,
+        eval_on_start=args.eval_every > 0 and not args.resume,  # a checkpoint follows its eval
+        save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or None,
+        save_total_limit=1,
+        logging_steps=1, report_to="none", disable_tqdm=True, remove_unused_columns=False,
     )
     trainer = trl.GRPOTrainer(model=model, reward_funcs=verifier, args=config, train_dataset=train, eval_dataset=heldout,
                           processing_class=tokenizer, callbacks=list(callbacks), **trainer_kwargs)
     # weight decay on every parameter, as torch.optim.AdamW(model.parameters()) in the scripts (the
     # Trainer would spare biases and norm weights)
     trainer.get_decay_parameter_names = lambda model: [name for name, _ in model.named_parameters()]
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.accelerator.num_processes != launched:  # the Trainer makes its own process state
+        raise utils.InputError(f"the trainer runs on {trainer.accelerator.num_processes} of the "
+                               f"{launched} processes launched")
     if task.eos_id not in trainer.eos_token_ids:
         raise utils.InputError(f"TRL would not stop sampling at the task's end token {task.eos_id} (it stops at {trainer.eos_token_ids}); set the model's generation_config.eos_token_id")
 
@@ -181,22 +316,30 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     return trainer, task, model_id
 
 
-def main(args: Args):
-    from accelerate import PartialState
+def main(args: Args, **trainer_kwargs):
+    """trainer_kwargs go to GRPOTrainer (the tests hand it fixed completions: rollout_func)."""
     from accelerate.utils import broadcast_object_list
     from transformers import TrainerCallback
 
     require_extra()
+    resumed = bool(args.resume)
+    args = resume_args(args)
+    source = "the run to resume has" if resumed else None
+    args.num_processes = check_processes(args.num_processes, source)
     meta = read_export(args.data)
     torch.set_num_threads(args.threads)
     args.seed = meta["args"]["seed"] if args.seed is None else args.seed
-    run_dir = [utils.start_run(args, "grpo") if PartialState().is_main_process else None]
+    main_process = process_state().is_main_process
+    run_dir = [utils.start_run(args, "grpo") if main_process else None]
     args.run_dir = broadcast_object_list(run_dir)[0]  # the main process's, on every process
+    checkpoint = last_checkpoint(args.run_dir) if args.resume else None
+    if checkpoint and main_process:
+        cut_rows(args.run_dir, int(checkpoint.rsplit("-", 1)[1]))
     n_params, trace_flops = meta["n_params"], meta["trace_flops"]
     start = time.time()
 
     class MetricRows(TrainerCallback):
-        """TRL's logs as the scripts' metrics.jsonl rows, under their names."""
+        """TRL's logs as the scripts' metrics.jsonl rows, under their names; TRL's own in trl/."""
 
         def on_log(self, targs, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -208,10 +351,12 @@ def main(args: Args):
                 utils.log_metrics(args.run_dir, {
                     "step": state.global_step, "flops": flops, **{f"train/{k}": logs.get(k) for k in ("reward_no_prefix", "reward_prefixed", "all_negative_frac", "all_negative_frac_no_prefix")},
                     "train/grad_norm": logs.get("grad_norm"), "train/entropy": logs.get("entropy"), "train/response_len": logs.get("completions/mean_length"),
+                    **{f"trl/{k}": v for k, v in logs.items()
+                       if k.startswith(("completions/", "sampling/", "clip_ratio/"))},
                     "time": time.time() - start})
 
-    trainer, task, model_id = build(args, meta, callbacks=[MetricRows()])
-    trainer.train()
+    trainer, task, model_id = build(args, meta, callbacks=[MetricRows()], **trainer_kwargs)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(os.path.join(args.run_dir, utils.POLICY_DIR))
     print(f"done in {time.time() - start:.0f}s: metrics in {args.run_dir}/metrics.jsonl, policy in {args.run_dir}/{utils.POLICY_DIR}")
 

@@ -4,7 +4,10 @@ extra (pip install -r scale/requirements.txt: TRL, datasets, tensorboard); skipp
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -70,9 +73,10 @@ class StepRecorder:
             h.remove()
         self.handles = []
 
-    def flat(self):
-        """The one step's (gradient, before, after), each flattened over the last model's parameters in name order."""
-        (step,), model = self.steps, self.models[-1]
+    def flat(self, i=None):
+        """The one step's (or step i's) (gradient, before, after), each flattened over the last
+        model's parameters in name order."""
+        (step,), model = self.steps if i is None else [self.steps[i]], self.models[-1]
         named = sorted(model.named_parameters())
         assert {id(p) for _, p in named} == set(step)
         return [torch.cat([step[id(p)][i].flatten() for _, p in named]) for i in range(3)]
@@ -172,8 +176,206 @@ def test_trl_smoke_run_logs_the_scripts_metrics(toy_cache, teacher_traces, tmp_p
     assert [r["step"] for r in train] == [1, 2, 3]
     for r in train:
         assert 0 <= r["train/reward_prefixed"] <= 1 and 0 <= r["train/reward_no_prefix"] <= 1
+        assert 0 <= r["trl/completions/clipped_ratio"] <= 1  # TRL's: cut at --max-new-tokens
         assert 0 <= r["train/all_negative_frac"] <= 1 and r["train/entropy"] > 0 and r["train/response_len"] > 0
     assert [r["step"] for r in rows if "eval/heldout_pass@1" in r] == [0, 2, 3]  # at the start, every 2 steps, at the end
     flops = [r["flops"] for r in rows]
     assert flops == sorted(flops) and flops[0] == 4.0 < flops[-1]  # first the traces' FLOPs (the teacher file's 4.0), as prefixrl.py
     assert os.path.isfile(os.path.join(run_dir, "policy", "config.json"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stop_at(monkeypatch, step):
+    """grpo.build's trainer, killed (KeyboardInterrupt) as step `step` + 1 begins."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt(f"killed before step {step + 1}")
+
+    real = grpo.build
+
+    def build(*a, **k):
+        trainer, task, model_id = real(*a, **k)
+        trainer.add_callback(Kill())
+        return trainer, task, model_id
+
+    monkeypatch.setattr(grpo, "build", build)
+
+
+def test_resume_continues_from_the_last_checkpoint_with_the_rows_of_an_uninterrupted_run(
+        toy_cache, teacher_traces, tmp_path, monkeypatch):
+    """Killed after step 3 with checkpoints every 2 steps: --resume drops step 3's row, continues
+    from checkpoint-2 and ends with the uninterrupted run's metrics.jsonl (bytes) and weights."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(tasks, "toy_reward", planted_reward)  # non-zero advantages: weights move
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, steps=4)
+    flags = dict(data=ex.out, cache_dir=toy_cache, eval_every=2, save_every=2, threads=1)
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    grpo.main(grpo.Args(run_dir=whole, **flags))
+    with monkeypatch.context() as m:
+        stop_at(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            grpo.main(grpo.Args(run_dir=cut, **flags))
+    assert [r["step"] for r in read_metrics(cut)] == [0, 1, 2, 2, 3]  # eval at 0, 2; then step 3
+    kept = [d for d in os.listdir(cut) if d.startswith(("checkpoint", "policy"))]
+    assert kept == ["checkpoint-2"]
+    grpo.main(grpo.Args(resume=cut, threads=1))
+    metrics = [os.path.join(d, "metrics.jsonl") for d in (whole, cut)]
+    with open(metrics[0]) as a, open(metrics[1]) as b:
+        assert a.read() == b.read()
+    rows = read_metrics(cut)
+    assert [r["step"] for r in rows] == [0, 1, 2, 2, 3, 4, 4]
+    assert all(r["train/grad_norm"] > 0 for r in rows if "train/grad_norm" in r)
+    ours, theirs = (load_file(os.path.join(d, "policy", "model.safetensors")) for d in (whole, cut))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(SystemExit) as done:  # finished: nothing to resume
+        grpo.main(grpo.Args(resume=cut))
+    assert done.value.code == 0
+    with pytest.raises(utils.InputError, match="drop --steps"):
+        grpo.main(grpo.Args(resume=whole, steps=2))
+
+
+def run_grpo(*argv, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, "scale/grpo.py", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_process_count_other_than_the_one_asked_for_is_refused_with_one_line(tmp_path):
+    """Before anything is loaded or written: --num-processes 2 on one process, and accelerate
+    launch --cpu --num_processes 2 (which starts one process)."""
+    data, run_dir = str(tmp_path / "no-export"), str(tmp_path / "run")
+    out = run_grpo("--data", data, "--run-dir", run_dir, "--num-processes", "2")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: --num-processes 2 but 1 process is running; on CPUs launch with torchrun "
+        "--nproc-per-node N (accelerate launch --cpu starts one)")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    out = run_grpo("--data", data, "--run-dir", run_dir,
+                   launcher=(accelerate, "launch", "--cpu", "--num_processes", "2"))
+    assert out.returncode != 0
+    assert ("error: accelerate launch was asked for several processes but started one; on CPUs "
+            "launch with torchrun") in out.stderr
+    assert not os.path.exists(run_dir)
+
+
+def test_vllm_settings_reach_trl(toy_cache, teacher_traces, tmp_path):
+    """TRL's importance-sampling correction is off unless asked for (the objective stays
+    REINFORCE), vLLM's context is the longest prompt + --max-new-tokens (not the model's declared
+    maximum), sleep mode is passed."""
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces)
+    rows = [r for name in ("train.jsonl", "heldout.jsonl")
+            for r in read_rows(os.path.join(ex.out, name))]
+    longest, meta = max(len(r["prompt_ids"]) for r in rows), grpo.read_export(ex.out)
+
+    def config(name, **flags):
+        args = grpo.Args(data=ex.out, run_dir=str(tmp_path / name), cache_dir=toy_cache, **flags)
+        trainer, task, _ = grpo.build(args, meta)
+        return trainer.args, task.max_new_tokens, trainer.model.config.max_position_embeddings
+
+    got, new_tokens, declared = config("a", eval_every=1)
+    assert not got.vllm_importance_sampling_correction and not got.vllm_enable_sleep_mode
+    assert got.vllm_max_model_length == longest + new_tokens < declared
+    assert got.save_strategy == "steps" and got.save_steps == 50
+    got, _, _ = config("b", vllm_importance_sampling_correction=True, vllm_enable_sleep_mode=True,
+                       vllm_max_model_length=longest + new_tokens + 5)
+    assert got.vllm_importance_sampling_correction and got.vllm_enable_sleep_mode
+    assert got.vllm_max_model_length == longest + new_tokens + 5
+    with pytest.raises(utils.InputError, match="shorter than the longest prompt"):
+        config("c", vllm_max_model_length=longest)
+
+
+def random_completions(rows, rollouts, seed=0):
+    """Per step, per rollout in the one-process order (each row's prompt `rollouts` times), a
+    completion of 1 to 12 toy tokens, most ending with the end token."""
+    rng = np.random.default_rng(seed)
+    words = [i for i in range(len(tasks.VOCAB)) if i not in (tasks.PAD, tasks.BOS, tasks.EOS)]
+    steps = {}
+    for r in rows:
+        for _ in range(rollouts):
+            ids = [int(t) for t in rng.choice(words, rng.integers(1, 12))]
+            ids += [tasks.EOS] if rng.random() < 0.8 else []
+            steps.setdefault(r["step"], []).append(dict(prompt_ids=r["prompt_ids"], completion=ids))
+    return [steps[s] for s in sorted(steps)]
+
+
+def test_two_processes_update_the_weights_as_one(toy_cache, teacher_traces, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo, each process half of every step's rollouts) and one
+    process, given the same completions: the same prompts, the same gradients at each of 2 steps
+    (after the all-reduce and clipping), the same first AdamW update and the same metrics rows."""
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, lr=1e-2)  # far above rounding
+    completions = str(tmp_path / "completions.json")
+    with open(completions, "w") as f:
+        rows = read_rows(os.path.join(ex.out, "train.jsonl"))
+        json.dump(random_completions(rows, ex.rollouts), f)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
+    out = {}
+    launchers = {1: [sys.executable], 2: [torchrun, "--standalone", "--nproc-per-node", "2"]}
+    for n, launcher in launchers.items():
+        run_dir = str(tmp_path / f"p{n}")
+        done = subprocess.run([*launcher, __file__, ex.out, run_dir, toy_cache, completions],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        ranks = [read_rows(os.path.join(run_dir, f"rank{i}.jsonl"))[0] for i in range(n)]
+        seen = [(r["world_size"], r["processes"], r["rank"]) for r in ranks]
+        assert seen == [(n, n, i) for i in range(n)]
+        rows = [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir)]
+        out[n] = torch.load(os.path.join(run_dir, "steps.pt")), rows
+    (steps1, rows1), (steps2, rows2) = out[1], out[2]
+    assert len(steps1) == len(steps2) == ex.steps == 2
+    for (grad1, _, _), (grad2, _, _) in zip(steps1, steps2):
+        torch.testing.assert_close(grad2, grad1, rtol=1e-4, atol=1e-5 * grad1.abs().max().item())
+    (grad1, before1, after1), (grad2, before2, after2) = steps1[0], steps2[0]
+    assert torch.equal(before2, before1)
+    # as in the one-step test: Adam magnifies float noise in tiny gradients (so step 2 starts
+    # a little apart)
+    sure, update1, update2 = grad1.abs() > 1e-6, after1 - before1, after2 - before2
+    assert sure.float().mean() > 0.5 and update1.abs().max() > 0.5 * ex.lr
+    torch.testing.assert_close(update2[sure], update1[sure], rtol=0, atol=1e-4 * ex.lr)
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == [1, 2]
+    assert all(r["train/grad_norm"] > 0 for r in rows1)
+    for r1, r2 in zip(rows1, rows2):
+        assert r1.keys() == r2.keys()
+        for k in r1:
+            assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-7), k
+
+
+def worker(data, run_dir, cache, completions):
+    """One process of test_two_processes_update_the_weights_as_one: scale/grpo.py's main on the
+    export, TRL given this process's share of each step's completions, every step recorded."""
+    from accelerate import PartialState
+
+    with open(completions) as f:
+        completions = json.load(f)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "toy_reward", planted_reward)
+
+        def rollout(prompts, trainer):
+            rank = PartialState().process_index
+            prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+            k = len(prompts)  # this process's rollouts: its contiguous share of the step's, by rank
+            mine = completions[trainer.state.global_step][rank * k : (rank + 1) * k]
+            assert [list(ids) for ids in prompt_ids] == [c["prompt_ids"] for c in mine]
+            return dict(prompt_ids=prompt_ids, completion_ids=[c["completion"] for c in mine],
+                        logprobs=None)
+
+        n = int(os.environ.get("WORLD_SIZE", "1"))
+        args = grpo.Args(data=data, run_dir=run_dir, cache_dir=cache, threads=1, save_every=0,
+                         num_processes=n)
+        with StepRecorder(mp) as rec:
+            grpo.main(args, rollout_func=rollout)
+        state = PartialState()
+        with open(os.path.join(run_dir, f"rank{state.process_index}.jsonl"), "w") as f:
+            row = dict(world_size=n, processes=state.num_processes, rank=state.process_index)
+            f.write(json.dumps(row) + "\n")
+        if state.is_main_process:  # the gradients are all-reduced: every rank's are rank 0's
+            steps = [rec.flat(i) for i in range(len(rec.steps))]
+            torch.save(steps, os.path.join(run_dir, "steps.pt"))
+
+
+if __name__ == "__main__":  # python|torchrun tests/test_scale.py DATA RUN_DIR CACHE COMPLETIONS
+    worker(*sys.argv[1:5])
