@@ -4,8 +4,8 @@
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
     python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
 
-One run goes first, alone, with --jobs torch threads: it pretrains the toy base model and collects the
-traces, both cached in cache/ and reused by every other run (same model, problems, budget and trace
+One run goes first, alone, with --jobs torch threads: it collects the
+traces, cached in cache/ and reused by every other run (same model, problems, budget and trace
 seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
 among the methods, the first of them is the second base model, of another family (models.py:
 "toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
@@ -38,8 +38,8 @@ METHODS = {
     "prefixrl_other_family": ["prefixrl.py", "--traces", "{other_traces}"],
 }
 OTHER_FAMILY = "toy-gpt2"  # the base model whose traces prefixrl_other_family uses
-# Standard RL runs 450 steps, about PrefixRL's total FLOPs (rejection sampling included: ~340 RL steps
-# on the default toy, plus its 150 steps: 450 is 91% of that), so the two compare on the FLOPs axis as in the paper's Fig. 2.
+# Standard RL runs 450 steps, about PrefixRL's total FLOPs (rejection sampling included): on the default
+# toy 1.19e13 against PrefixRL's 1.17e13 (seed 1), so the two compare on the FLOPs axis as in the paper's Fig. 2.
 POLL_S = 1.0  # how often running jobs are checked
 MethodName = Literal["prefixrl", "rl_n8", "rl_n64", "sft_rl", "offpolicy_rl", "prefixrl_prefixed_only", "prefixrl_other_family"]
 

@@ -341,7 +341,10 @@ def test_two_processes_update_the_weights_as_one(toy_cache, teacher_traces, tmp_
     for r1, r2 in zip(rows1, rows2):
         assert r1.keys() == r2.keys()
         for k in r1:
-            assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-7), k
+            # TRL logs entropy as the mean over its micro-batches of each one's token mean (gathered
+            # across processes): two processes cut the micro-batches otherwise, so it may move a little
+            rel = 1e-2 if k == "train/entropy" else 1e-4
+            assert r2[k] == pytest.approx(r1[k], rel=rel, abs=1e-7), k
 
 
 def worker(data, run_dir, cache, completions):
