@@ -91,11 +91,8 @@ class Args:
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
     """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    """adamw, or sgd: a step in proportion to the gradient, so a batch with one lucky success moves the
-    policy far less than a batch full of successes (AdamW's step is about lr whatever the gradient's size)"""
     lr: float = 1e-4
-    """learning rate"""
+    """AdamW learning rate"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this"""
     std_normalize: bool = False
@@ -173,7 +170,7 @@ def main(args: Args):
     n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
 
     # TRAINING
-    optimizer = (torch.optim.SGD if args.optimizer == "sgd" else torch.optim.AdamW)(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint

@@ -2,14 +2,14 @@
 
 For each of LUCKY problems drawn from those with a trace, alone: builds one standard-RL batch as
 standard_rl.py does (--prompts-per-step prompts x --rollouts rollouts of the base model), puts the
-problem's correct trace in place of one rollout, takes the REINFORCE step with --optimizer at --lr, then
+problem's correct trace in place of one rollout, takes the REINFORCE step with AdamW at --lr, then
 steps on all-negative batches (zero gradient, as a stalled run has): AdamW's first moment keeps moving
-the weights on those steps, as in standard_rl.py; SGD's step is zero there. Prints the implied change of the family's exact pass@1,
+the weights on those steps, as in standard_rl.py. Prints the implied change of the family's exact pass@1,
 (p'/p)^H with p its mean p(right | hard step), after the success step and after k zero-gradient steps,
 and the largest change of p(right | hard step) in any other family.
 
     python bench/one_success.py                 # the default toy and RL flags
-    python bench/one_success.py --optimizer adamw --lr 1e-4
+    python bench/one_success.py --lr 3e-5
 
 It takes prefixrl.py's flags (model, cache, task, trace and RL flags matter).
 """
@@ -54,7 +54,7 @@ def main(args: prefixrl.Args):
         return np.array([np.mean(by_family[f]) if f in by_family else np.nan for f in range(tasks.FAMILIES)])
 
     initial = copy.deepcopy(model.state_dict())
-    print(f"{args.optimizer} lr {args.lr}; {min(LUCKY, len(originals))} problems, each alone: its family's pass@1 (x its own) after the success step and")
+    print(f"lr {args.lr}; {min(LUCKY, len(originals))} problems, each alone: its family's pass@1 (x its own) after the success step and")
     print(f"after k zero-gradient steps, and the largest change of p(right | hard step) in any other family")
     print(f"{'family':>6} {'H':>3} {'p(right)':>8} | " + " ".join(f"{'k=' + str(k):>6}" for k in AFTER) + f" | others, k={AFTER[-1]}")
     for lucky in [originals[i] for i in rng.choice(len(originals), min(LUCKY, len(originals)), replace=False)]:
@@ -70,7 +70,7 @@ def main(args: prefixrl.Args):
         rewards = [task.reward(p, [], r) for p, r in zip(batch, responses)]
 
         # ONE SUCCESS, THEN ZERO GRADIENTS, from AdamW's state as a stalled run leaves it (zero-gradient steps)
-        optimizer = (torch.optim.SGD if args.optimizer == "sgd" else torch.optim.AdamW)(model.parameters(), lr=args.lr)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
 
         def zero_gradient_step():
             for q in model.parameters():
