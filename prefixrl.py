@@ -1,7 +1,7 @@
 """PrefixRL: on-policy RL on hard problems conditioned on prefixes of very off-policy correct traces.
 
 One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut at
-3 fixed points in 40-80% of its reasoning (the tokens before its answer first shows); each prefix goes
+3 fixed points in 40-80% of its reasoning (the tokens before its final answer); each prefix goes
 at the start of the assistant turn as unfinished reasoning. REINFORCE then runs on a 3:1 mix of
 prefixed and original problems, with the loss masked on prefix tokens: the policy learns only from
 tokens it sampled itself, and the verifier reads the answer from them alone.
@@ -77,7 +77,7 @@ class Args:
     cuts_per_trace: int = 3
     """prefixes per trace, cut once and kept fixed"""
     cut_min: float = 0.4
-    """shortest prefix, as a fraction of the trace's reasoning (its tokens before the answer first shows)"""
+    """shortest prefix, as a fraction of the trace's reasoning (its tokens before its final answer)"""
     cut_max: float = 0.8
     """longest prefix, as a fraction of the trace's reasoning (so no prefix holds the answer)"""
     prefixed_fraction: float = 0.75

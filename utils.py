@@ -651,15 +651,30 @@ def load_traces(path, key=None, problems=None):
 
 def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):
     """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its reasoning
-    (task.reasoning_end: the tokens before the answer first shows), so no prefix holds the answer.
+    (task.reasoning_end: the tokens before its final answer), so no prefix holds the answer.
     Returns [(problem, prefix_ids)] for the problems with a trace, drawn once, from their own seed,
-    so every run sees the same."""
+    so every run sees the same. Prints their lengths (prefix_summary)."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, trace_lengths, reasoning = [], [], []
     for p in sorted((p for p in problems if p.id in traces), key=lambda p: p.id):
         ids = traces[p.id].token_ids
-        reasoning = task.reasoning_end(p, ids)
+        trace_lengths.append(len(ids))
+        reasoning.append(task.reasoning_end(p, ids))
         for _ in range(n_cuts):
-            cut = int(round(rng.uniform(cut_min, cut_max) * reasoning))
+            cut = int(round(rng.uniform(cut_min, cut_max) * reasoning[-1]))
             out.append((p, ids[:cut]))
+    if out:
+        print(prefix_summary([len(prefix) for _, prefix in out], np.repeat(trace_lengths, n_cuts), reasoning, trace_lengths))
     return out
+
+
+def prefix_summary(prefix_lengths, prefix_trace_lengths, reasoning_lengths, trace_lengths) -> str:
+    """One line for the start-up log: the prefixes' tokens and their share of their trace, and the
+    traces' reasoning share (the tokens before the final answer), each min/median/max. A cut that
+    lands near the start of every trace (an answer found too early) shows here."""
+    def spread(xs, fmt):
+        return "/".join(format(v, fmt) for v in (np.min(xs), np.median(xs), np.max(xs)))
+
+    share = np.asarray(prefix_lengths) / np.asarray(prefix_trace_lengths)
+    return (f"{len(prefix_lengths)} prefixes of {len(trace_lengths)} traces: tokens min/median/max {spread(prefix_lengths, '.0f')} "
+            f"({spread(share, '.0%')} of the trace); reasoning {spread(np.asarray(reasoning_lengths) / np.asarray(trace_lengths), '.0%')} of the trace")
