@@ -101,6 +101,9 @@ class Args:
     """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
+    sample_tokens: int = utils.SAMPLE_TOKENS
+    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this // (longest prompt
+    + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the draws change only with the rows)"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
@@ -181,7 +184,7 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
@@ -210,7 +213,7 @@ def main(args: Args):
         model.eval()
         batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
         contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
-        sampled, _ = utils.sample(model, [p.prompt_ids for p in batch for _ in range(args.rollouts - 1)], task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        sampled, _ = utils.sample(model, [p.prompt_ids for p in batch for _ in range(args.rollouts - 1)], task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator, max_tokens=args.sample_tokens)
         responses = [r for i, p in enumerate(batch) for r in sampled[i * (args.rollouts - 1) : (i + 1) * (args.rollouts - 1)] + [traces[p.id].token_ids]]
         rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
         on_policy = torch.tensor([j < args.rollouts - 1 for _ in batch for j in range(args.rollouts)], device=args.device)
@@ -230,11 +233,11 @@ def main(args: Args):
         # REINFORCE: advantage = reward - mean of the whole group (trace included); loss on response tokens
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         model.train()
-        optimizer.zero_grad()
         entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature, token_weights)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
+        optimizer.zero_grad()  # the gradients are freed now, before sampling needs the memory
 
         # METRICS: FLOPs = 2·N·D sampling (and the trace rows' weights) + 6·N·D training; on-policy rollouts
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
@@ -251,7 +254,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
     utils.print_summary(run_dir, evals, start)
 

@@ -104,6 +104,9 @@ class Args:
     """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
+    sample_tokens: int = utils.SAMPLE_TOKENS
+    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this // (longest prompt
+    + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the draws change only with the rows)"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
@@ -158,7 +161,7 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
@@ -181,7 +184,7 @@ def main(args: Args):
             evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
             for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the reasoning
                 contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * task.reasoning_end(p, traces[p.id].token_ids))] for p in originals]
-                evals[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts)[0][1]
+                evals[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts, max_tokens=args.sample_tokens)[0][1]
             utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
@@ -194,7 +197,7 @@ def main(args: Args):
         batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
         # a prefixed prompt is the problem's prompt extended by the prefix, which the policy continues
         contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator, max_tokens=args.sample_tokens)
         # the answer must be the response's own: the prefix is cut before the trace's answer and never scored
         rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
 
@@ -204,11 +207,11 @@ def main(args: Args):
         # pads, so no gradient flows through the prefix: the policy learns only from tokens it sampled itself
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
-        optimizer.zero_grad()
         entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
+        optimizer.zero_grad()  # the gradients are freed now, before sampling needs the memory
 
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
@@ -230,7 +233,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
     utils.print_summary(run_dir, evals, start)
 

@@ -203,7 +203,7 @@ FLAG_RANGES = {
     "steps": _at_least(1), "prompts_per_step": _at_least(1), "rollouts": _at_least(2, " (a group-mean baseline needs two)"),
     "micro_batch": _at_least(1), "save_every": _at_least(1), "eval_every": _at_least(1), "eval_samples": _at_least(1),
     "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
-    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1),
+    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1),
     "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
     "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
@@ -290,41 +290,64 @@ def check_args(args):
             raise InputError(msg)
 
 
-# SAMPLING: batched, left-padded, with a KV cache
+# SAMPLING: batched, left-padded, with a KV cache, a chunk of rows at a time
+SAMPLE_TOKENS = 2**18
+"""the scripts' --sample-tokens default: most tokens (prompt + response) one sampling chunk's KV cache holds"""
+SAMPLE_ROWS = 512
+"""most rows per sampling chunk, whatever the budget (the sampler's chunk before the budget: same draws)"""
+
+
+def sample_rows(prompts, max_new_tokens, max_tokens=SAMPLE_TOKENS, max_rows=SAMPLE_ROWS) -> int:
+    """Rows per sampling chunk: as many as fit max_tokens when each holds the longest prompt and
+    max_new_tokens, so the KV cache is bounded by the budget, not by rows x max_new_tokens."""
+    return max(1, min(max_rows, max_tokens // (max(map(len, prompts), default=0) + max_new_tokens)))
+
+
 @torch.no_grad()
-def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=512):
-    """Sample one continuation per prompt. Returns (responses, logprobs): token ids (ending with eos
-    when the model stopped) and the sampling log-prob of each token, at this temperature."""
+def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=SAMPLE_ROWS, max_tokens=SAMPLE_TOKENS):
+    """Sample one continuation per prompt, sample_rows(...) rows at a time. Returns (responses,
+    logprobs): token ids (ending with eos when the model stopped) and the sampling log-prob of each
+    token, at this temperature. The same rows per chunk give the same draws whatever the budget."""
     responses, logprobs = [], []
-    for start in range(0, len(prompts), batch_size):
+    rows = sample_rows(prompts, max_new_tokens, max_tokens, batch_size)
+    for start in range(0, len(prompts), rows):
         with autocast(next(model.parameters()).device):
-            r, lp = _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature, eos_id, pad_id, generator)
+            r, lp = _sample_batch(model, prompts[start : start + rows], max_new_tokens, temperature, eos_id, pad_id, generator)
         responses += r
         logprobs += lp
     return responses, logprobs
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
+    """One chunk. The prefill keeps the last position's logits only (never [prompts, width, vocab]),
+    and a row that ends leaves the KV cache at once; its uniforms are still drawn, so the other rows'
+    draws do not depend on when it ended."""
     device = next(model.parameters()).device
-    out, rows, mask = prefill_once(model, prompts, pad_id, device)
+    out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device)
     past, logits, position = out.past_key_values, out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
-    out_tokens, out_lp = [], []
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        token, logp = draw(logits, temperature, generator)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        out_tokens.append(token)
-        out_lp.append(logp)
-        done |= token == eos_id
-        if done.all():
+    del out
+    tokens = torch.full((len(prompts), max_new_tokens), pad_id, device=device)
+    logps = torch.zeros(len(prompts), max_new_tokens, device=device)
+    alive = torch.ones(len(prompts), dtype=torch.bool, device=device)  # the rows still in the KV cache, in its order
+    steps = 0
+    for steps in range(1, max_new_tokens + 1):
+        token, logp = draw(logits, temperature, generator, alive)
+        tokens[alive, steps - 1], logps[alive, steps - 1] = token, logp
+        going = token != eos_id
+        if not going.any():
+            break
+        if not going.all():  # drop the rows that ended from the cache
+            past.batch_select_indices(going.nonzero()[:, 0])
+            alive[alive.clone()] = going
+            token, mask, position = token[going], mask[going], position[going]
+        if steps == max_new_tokens:
             break
         position = position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
-    tokens, lps = torch.stack(out_tokens, 1).tolist(), torch.stack(out_lp, 1).tolist()
     responses, logprobs = [], []
-    for row, lp in zip(tokens, lps):
+    for row, lp in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist()):
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         responses.append(row[:n])
         logprobs.append(lp[:n])
@@ -346,17 +369,20 @@ def prefill_once(forward, sequences, pad_id, device):
     return out, rows, mask[rows]
 
 
-def draw(logits, temperature, generator):
+def draw(logits, temperature, generator, alive=None):
     """One token per row from softmax(logits / temperature), and its log-prob. Inverse CDF, on the
     logits' device: one uniform per row comes from `generator` (wherever it lives: B numbers, never the
     vocabulary) and a search in the cumulative sums picks the token, so the full-vocabulary
-    probabilities never leave the device, and the same uniforms give the same tokens on any device."""
+    probabilities never leave the device, and the same uniforms give the same tokens on any device.
+    alive (bool, one per row of the chunk; logits has a row for each True): a uniform is drawn for
+    every row of the chunk, those that ended too, so the draws do not depend on which ended."""
     scaled = logits.float() / temperature
     top = scaled.amax(-1, keepdim=True)
     weights = (scaled - top).exp()
     log_norm = top[:, 0] + weights.sum(-1).log()
     cdf = weights.cumsum_(-1)
-    u = torch.rand(len(scaled), 1, generator=generator, device=generator.device).to(scaled.device)
+    u = torch.rand(len(scaled) if alive is None else len(alive), 1, generator=generator, device=generator.device).to(scaled.device)
+    u = u if alive is None else u[alive]
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=scaled.shape[-1] - 1)
     return token, scaled.gather(-1, token[:, None])[:, 0] - log_norm
 
@@ -499,12 +525,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contexts=None):
+def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contexts=None, max_tokens=SAMPLE_TOKENS):
     """Sample n completions per problem (from its prompt, or from `contexts`) and return
     ({k: mean pass@k}, per-problem correct counts)."""
     contexts = contexts or [p.prompt_ids for p in problems]
     prompts = [c for c in contexts for _ in range(n)]
-    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator)
+    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, max_tokens=max_tokens)
     counts = [0] * len(problems)
     for i, (ctx, resp) in enumerate(zip(prompts, responses)):
         p = problems[i // n]
@@ -516,8 +542,8 @@ def eval_pass_rates(model, task, problems, args, generator):
     """The scripts' evaluation, always without prefix: pass@1 on `problems` (the training pool), pass@1 and
     pass@8 on the held-out problems, from --eval-samples samples per problem at --eval-temperature."""
     model.eval()
-    train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator)
-    heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+    train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
+    heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
     return {"eval/train_pass@1": train_pass[1], "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
 
 
@@ -528,11 +554,11 @@ def print_summary(run_dir, evals, start):
           f"{evals['eval/heldout_pass@1']:.3f}, pass@8 {pass8:.3f}; metrics in {run_dir}/metrics.jsonl")
 
 
-def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):
+def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator, max_tokens=SAMPLE_TOKENS):
     """Per-problem correct counts out of n samples (no prefix) at the end of a run, so plot.py can draw
     held-out pass@k for every k <= n (the paper's Fig. 8)."""
-    _, train_counts = evaluate(model, task, train_problems, n, temperature, generator, ks=())
-    _, heldout_counts = evaluate(model, task, task.heldout, n, temperature, generator, ks=())
+    _, train_counts = evaluate(model, task, train_problems, n, temperature, generator, ks=(), max_tokens=max_tokens)
+    _, heldout_counts = evaluate(model, task, task.heldout, n, temperature, generator, ks=(), max_tokens=max_tokens)
     with open(os.path.join(run_dir, "final_eval.json"), "w") as f:
         json.dump(dict(n=n, temperature=temperature, train_counts=train_counts, heldout_counts=heldout_counts), f)
 
@@ -565,7 +591,7 @@ def trace_cache_path(cache_dir, model_id, task, budget, seed):
     return os.path.join(cache_dir, f"traces-{task.name}-{tag}-b{budget}-s{seed}.json")
 
 
-def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=512, model_id=""):
+def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
     at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
     drawn in the same batch after its first success. Returns (traces by problem id, total sampling FLOPs)."""
@@ -587,7 +613,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
         todo = [(p, min(per, budget - attempts[p.id])) for p in active]
         prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
         owners = [p for p, m in todo for _ in range(m)]
-        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size)
+        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size, max_tokens)
         for p, resp, lp in zip(owners, responses, logprobs):
             flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
             if p.id in traces:  # past the first success: not an attempt
