@@ -39,6 +39,12 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+def low_precision(model) -> bool:
+    """The model computes in bfloat16: its weights are, or autocast makes it so (CUDA)."""
+    p = next(model.parameters())
+    return p.dtype != torch.float32 or p.device.type == "cuda"
+
+
 def seed_everything(seed: int, threads: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -203,7 +209,7 @@ FLAG_RANGES = {
     "steps": _at_least(1), "prompts_per_step": _at_least(1), "rollouts": _at_least(2, " (a group-mean baseline needs two)"),
     "micro_batch": _at_least(1), "save_every": _at_least(1), "eval_every": _at_least(1), "eval_samples": _at_least(1),
     "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
-    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1),
+    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1), "micro_batch_tokens": _at_least(0),
     "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
     "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
@@ -273,7 +279,7 @@ def check_args(args):
         least, why = (0, " (0: the task's default)") if "task" in values else (1, "")
         checks.append((a.max_new_tokens >= least, f"--max-new-tokens must be >= {least}{why}, got {a.max_new_tokens}"))
     # COMBINATIONS: what a run needs
-    if "micro_batch" in values:
+    if "micro_batch" in values and not values.get("micro_batch_tokens"):  # tokens: micro-batches of any size
         checks.append(((a.prompts_per_step * a.rollouts) % a.micro_batch == 0,
                        f"batch {a.prompts_per_step}x{a.rollouts} is not divisible by --micro-batch {a.micro_batch}; give a divisor of {a.prompts_per_step * a.rollouts}"))
     if "cut_min" in values:  # prefixrl.py
@@ -402,6 +408,20 @@ def make_batch(contexts, responses, pad_id, device):
     return ids.to(device), attn.to(device), loss_mask.to(device)
 
 
+def micro_batches(attn, rows, tokens=0):
+    """[(start, end)]: consecutive rows per forward/backward, `rows` at a time, or with tokens > 0 as many
+    as keep (rows) x (their longest row) within `tokens`, at least one: activations bounded by tokens."""
+    if not tokens:
+        return [(s, min(s + rows, len(attn))) for s in range(0, len(attn), rows)]
+    spans, start, longest = [], 0, 0
+    for i, n in enumerate(attn.sum(1).tolist()):
+        if i > start and (i - start + 1) * max(longest, n) > tokens:
+            spans.append((start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    return spans + [(start, len(attn))]
+
+
 def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
     pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
@@ -409,7 +429,17 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     (recomputed in backward), so full-vocabulary fp32 logits never exist for the whole batch at once.
     needed (the loss mask, [B, T-1]): only these positions are wanted (the others come back 0), so the
     context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
-    n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute."""
+    n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute.
+    Columns that are padding in every row (a micro-batch of short rows) are not run (they come back 0)."""
+    width = int(attn.any(0).nonzero().max()) + 1 if attn.any() else ids.shape[1]
+    if width == ids.shape[1]:
+        return _token_logprobs(model, ids, attn, temperature, needed, chunk)
+    logp, ent = _token_logprobs(model, ids[:, :width], attn[:, :width], temperature, None if needed is None else needed[:, : width - 1], chunk)
+    pad = (0, ids.shape[1] - width)
+    return torch.nn.functional.pad(logp, pad), torch.nn.functional.pad(ent, pad)
+
+
+def _token_logprobs(model, ids, attn, temperature, needed, chunk):
     with autocast(ids.device):
         start = None if needed is None else (needed.cumsum(1) == 0).sum(1, keepdim=True)  # each row's first needed position
         shared = None if start is None else _shared_context_hidden(model, ids, attn, start[:, 0].tolist())
@@ -430,23 +460,86 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     return logp.gather(1, k) * valid, ent.gather(1, k) * valid
 
 
+@torch.no_grad()
+def logprobs_no_grad(model, ids, attn, temperature, micro_batch, micro_tokens=0):
+    """token_logprobs of every row without a gradient, a micro-batch at a time (as the loss runs them)."""
+    return torch.cat([token_logprobs(model, ids[s:e], attn[s:e], temperature)[0] for s, e in micro_batches(attn, micro_batch, micro_tokens)])
+
+
+SHARED_CONTEXT_CHECKPOINTING = "prefixrl_shared_context_under_checkpointing"
+"""attribute a model gets from models.enable_activation_checkpointing: True when its shared-context
+forward keeps its log-probs under gradient checkpointing (a model whose forward drops the KV cache then,
+GPT-2's, runs whole rows instead)"""
+
+
+def checkpointing(model) -> bool:
+    """Gradient checkpointing is on and acts: train mode, with gradients."""
+    return model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+@contextlib.contextmanager
+def _no_layer_checkpointing(model):
+    """Transformers' per-layer checkpointing off for a forward that writes a KV cache (it would drop it)."""
+    on = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    try:
+        for m in on:
+            m.gradient_checkpointing = False
+        yield
+    finally:
+        for m in on:
+            m.gradient_checkpointing = True
+
+
+@contextlib.contextmanager
+def _layers_read_the_cache(model, cache):
+    """Each cache layer read, never grown, and the checkpointed layers allowed to keep it: a layer the
+    backward pass recomputes finds the cache as its forward did."""
+    def read_only(layer, update):
+        def read(*args, **kwargs):
+            state = dict(layer.__dict__)
+            out = update(*args, **kwargs)
+            layer.__dict__.update(state)
+            return out
+        return read
+
+    for layer in cache.layers:
+        layer.update = read_only(layer, layer.update)
+    blocks = [m for m in model.modules() if hasattr(type(m), "_can_checkpoint_with_cache")]
+    try:
+        for m in blocks:
+            m._can_checkpoint_with_cache = True
+        yield
+    finally:
+        for m in blocks:
+            del m._can_checkpoint_with_cache
+
+
 def _shared_context_hidden(model, ids, attn, starts):
     """Final hidden states predicting each row's tokens after its context, [B, R, H], and those tokens,
     [B, R] (right-padded): each distinct context (row i's tokens up to starts[i], its first needed position) runs
     once (prefill_once) and the rest of each row continues from its KV cache. None when no two rows
-    share a context, or with gradient checkpointing (which turns the KV cache off)."""
+    share a context. Under gradient checkpointing the contexts' forward is one checkpoint (recomputed in
+    the backward pass, after the rest), and the rest's layers, each a checkpoint, read their KV cache."""
     lengths = attn.sum(1).tolist()
     contexts = [tuple(row[: s + 1]) for row, s in zip(ids.tolist(), starts)]
     rest = max(n - s - 1 for n, s in zip(lengths, starts))  # longest row after its context
-    if len(set(contexts)) == len(contexts) or rest < 1 or getattr(model, "is_gradient_checkpointing", False):
+    recompute = checkpointing(model)
+    if len(set(contexts)) == len(contexts) or rest < 1 or recompute and not getattr(model, SHARED_CONTEXT_CHECKPOINTING, False):
         return None
-    out, rows, ctx_mask = prefill_once(model.base_model, contexts, 0, ids.device)
+    if recompute:
+        def prefill():
+            with _no_layer_checkpointing(model):
+                return prefill_once(model.base_model, contexts, 0, ids.device)
+        out, rows, ctx_mask = torch.utils.checkpoint.checkpoint(prefill, use_reentrant=False)
+    else:
+        out, rows, ctx_mask = prefill_once(model.base_model, contexts, 0, ids.device)
     # the rest of each row (its response), right-padded, at the positions it has in the whole row
     position = torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)
     index = position.clamp(max=ids.shape[1] - 1)
     tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (position < torch.tensor(lengths, device=ids.device)[:, None])
-    tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
-                                   past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+    with _layers_read_the_cache(model, out.past_key_values) if recompute else contextlib.nullcontext():
+        tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
+                                       past_key_values=out.past_key_values, use_cache=True).last_hidden_state
     return torch.cat([out.last_hidden_state[rows, -1:], tail_hidden[:, :-1]], 1), tail
 
 
@@ -492,10 +585,12 @@ def check_output_logits(model, tolerance=1e-4):
         raise InputError(f"{type(model).__name__} is not supported: its log-probs cannot be computed a chunk at a time ({type(e).__name__}: {e})") from None
     finally:
         model.train(training)
+    if low_precision(model):  # bf16: another shape of the same product rounds otherwise
+        tolerance = max(tolerance, 0.1)
     if not gap <= tolerance:
         raise InputError(f"{type(model).__name__} is not supported: its forward transforms the logits in a way prefixrl does not reproduce, "
                          f"or it is random in train mode (log-probs differ by {gap:.2g}), so training would not follow the distribution it samples from")
-    if not shared_gap <= (0.1 if device.type == "cuda" else 1e-3):  # other shapes, other rounding: bf16 on CUDA, fp32 elsewhere
+    if not shared_gap <= (0.1 if low_precision(model) else 1e-3):  # other shapes, other rounding: bf16 on CUDA, fp32 elsewhere
         raise InputError(f"{type(model).__name__} is not supported: continuing a shared context from its KV cache changes the log-probs (by {shared_gap:.2g})")
 
 
@@ -511,7 +606,74 @@ def group_advantages(rewards, group_size, std_normalize=False):
 def sq_norm(tensors) -> float:
     """sum_i ||t_i||^2 over a list of tensors, from per-tensor float32 norms squared and summed in float64
     (one sync, no float64 copy of them): train/grad_std's squared norms of gradients."""
-    return torch.stack([torch.linalg.vector_norm(t) for t in tensors]).double().pow(2).sum().item()
+    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors]).double().pow(2).sum().item()
+
+
+def grad_change(model, before):
+    """(||G - before||^2, G): G the gradient accumulated in `model` so far, `before` a copy of it from
+    earlier (None: zero). `before` becomes G in place, a parameter at a time, so train/grad_std keeps one
+    copy of the gradient, not two."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if before is None:
+        return sq_norm(grads), [g.detach().clone() for g in grads]
+    norms = []
+    for g, b in zip(grads, before):
+        norms.append(torch.linalg.vector_norm(g - b, dtype=torch.float32))
+        b.copy_(g)
+    return torch.stack(norms).double().pow(2).sum().item(), before
+
+
+class BF16AdamW(torch.optim.Optimizer):
+    """AdamW (torch's update, weight decay 0.01 by default) for bfloat16 weights: its moments in float32
+    and the new weight computed in float32, then rounded to bfloat16 stochastically (up with probability
+    the fraction of the step), so a small update moves the weight on average instead of being lost: at
+    lr 1e-6 a weight of 0.02 moves 1/80 of its bfloat16 step, which round-to-nearest drops every time.
+    The rounding noise is a function of (seed, step, parameter index): a resumed run draws the same."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, seed=0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed))
+
+    def load_state_dict(self, state_dict):
+        """torch's, which casts the moments to the weights' dtype; then the float32 moments back."""
+        super().load_state_dict(state_dict)
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            for i, p in zip(saved["params"], group["params"]):
+                for key in ("exp_avg", "exp_avg_sq") if i in state_dict["state"] else ():
+                    self.state[p][key] = state_dict["state"][i][key].to(p.device, torch.float32)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (beta1, beta2), lr = group["betas"], group["lr"]
+            for index, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=torch.float32),
+                                 exp_avg_sq=torch.zeros_like(p, dtype=torch.float32))
+                state["step"] += 1
+                step, grad = int(state["step"].item()), p.grad.float()
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
+                weight = p.float().mul_(1 - lr * group["weight_decay"]).addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**step))
+                noise = torch.Generator(p.device).manual_seed(hash((group["seed"], step, index)) % 2**63)
+                p.copy_(round_stochastic(weight, noise) if p.dtype == torch.bfloat16 else weight)
+
+
+def round_stochastic(x, generator):
+    """float32 -> bfloat16, up or down with probabilities that make the expected result x (its dropped
+    16 low bits, read as a fraction of a bfloat16 step, are the chance to round away from zero)."""
+    bits = x.view(torch.int32) + torch.randint(0, 2**16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    return (bits & -(2**16)).view(torch.float32).to(torch.bfloat16)
+
+
+def adamw(model, lr, seed=0):
+    """The scripts' optimizer: torch's AdamW on float32 weights, BF16AdamW on bfloat16 ones (--dtype)."""
+    if next(model.parameters()).dtype == torch.bfloat16:
+        return BF16AdamW(model.parameters(), lr=lr, seed=seed)
+    return torch.optim.AdamW(model.parameters(), lr=lr)
 
 
 # EVALUATION: pass@k with the unbiased estimator
