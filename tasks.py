@@ -10,6 +10,7 @@ your own problems (load_jsonl_task), rendered with the model's chat template and
 math-verify; retokenize_traces carries traces from another model family over to the policy.
 """
 
+import bisect
 import functools
 import hashlib
 import json
@@ -54,7 +55,7 @@ class Task:
     come from the response"""
     reasoning_end: object
     """reasoning_end(problem, trace_ids) -> int: how many leading trace tokens come before the final
-    answer first shows; prefixes are cut inside them, so no prefix gives the answer away"""
+    answer; prefixes are cut inside them, so no prefix gives the answer away"""
     decode: object
     """decode(ids) -> str, for logs and traces"""
     eos_id: int
@@ -336,26 +337,86 @@ def extract_answer(text: str):
     return tokens[-1].group() if tokens else None
 
 
-def answer_start(decode, trace_ids, gold) -> int:
-    """How many leading tokens of a trace come before its answer first shows: the answer shows where
-    the decoded text first has a \\boxed / \\fbox, or a number equal to the gold answer (sign ignored,
-    so "40-2" counts for 2), or else the gold answer's own text. A token counts as before it when the
-    decoded text up to and including that token ends at or before the answer's first character, so
-    no part of the answer (not even the first digit of a split number) is in a prefix. A trace that
-    never shows it is all reasoning."""
-    text = decode(trace_ids)
-    starts = [i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0]
+BOX = re.compile(r"\\boxed|\\fbox")
+STATEMENT = re.compile(r"(?i)(?:\*\*|#+ *)?\b(?:the +)?(?:final +)?answer\b(?: +is\b)?|####")
+"""an answer statement: "The final answer is", "**Final Answer**", "Answer:", GSM8K's "####" """
+FILLER = " \t\n:*$\\[(."
+"""what may stand between an answer statement and its answer: "is $\\boxed", "Answer**\\n\\[\\boxed" """
+
+
+def _equals_gold(number: str, gold) -> bool:
     try:
-        value = abs(float(str(gold).replace(",", "")))
-        starts += [m.start() for m in NUMBER.finditer(text) if abs(float(m.group().replace(",", ""))) == value][:1]
-    except ValueError:  # a symbolic answer: its text
-        starts += [i for i in [text.find(str(gold))] if i >= 0]
-    if not starts:
-        return len(trace_ids)
-    first, k = min(starts), 0
-    while k < len(trace_ids) and len(decode(trace_ids[: k + 1])) <= first:
-        k += 1
-    return k
+        return abs(float(number.replace(",", ""))) == abs(float(str(gold).replace(",", "")))
+    except ValueError:  # a symbolic gold answer: no number equals it
+        return False
+
+
+def answer_anchor(text: str, gold):
+    """Where the final answer starts in a trace's text (a character index), None if it never shows:
+    the last \\boxed / \\fbox (what extract_answer reads), else the last answer statement ("the
+    answer is X", "Answer: X", "#### X") whose X is the gold answer, else the last number equal to
+    the gold answer (sign ignored, so "40-2" counts for 2), else the gold answer's text, last. A
+    statement right before the answer ("The final answer is $\\boxed{2}$") starts it. The final
+    answer, not the first mention: in "x^2 = 4, so \\boxed{2}" the 2 of x^2 is reasoning."""
+    boxes = list(BOX.finditer(text))
+    if boxes:
+        start = boxes[-1].start()
+    else:
+        start = None
+        for m in STATEMENT.finditer(text):
+            at = len(text) - len(text[m.end():].lstrip(FILLER))
+            number = NUMBER.match(text, at)
+            if number and _equals_gold(number.group(), gold) or text.startswith(str(gold), at):
+                start = at
+        if start is None:
+            numbers = [m.start() for m in NUMBER.finditer(text) if _equals_gold(m.group(), gold)]
+            start = numbers[-1] if numbers else (text.rfind(str(gold)) if str(gold) and text.rfind(str(gold)) >= 0 else None)
+        if start is None:
+            return None
+    before = [m for m in STATEMENT.finditer(text, 0, start) if not text[m.end() : start].strip(FILLER)]
+    return before[-1].start() if before else start
+
+
+def token_ends(decode, ids):
+    """ends[k] = how many characters of decode(ids) tokens ids[:k+1] have written, in one pass (about
+    two short decodes a token): each token is decoded after the token(s) before it, as streaming
+    detokenizers do, so a leading space is not lost (SentencePiece) and bytes of one character split
+    over tokens count for its last token (byte-level BPE; the earlier ones write nothing until it
+    completes). None when the pieces do not add up to the whole decode (an unusual tokenizer)."""
+    ends, text, prev, read, context = [], "", 0, 0, ""  # ids[prev:read]: the last piece written, decoded: context
+    for k in range(len(ids)):
+        window = decode(ids[prev : k + 1])
+        if len(window) > len(context) and not window.endswith("\ufffd") and window.startswith(context):
+            text += window[len(context):]
+            prev, read = read, k + 1
+            context = decode(ids[prev:read])
+            ends += [len(text)] * (read - len(ends))  # the pending tokens complete here
+    if len(ends) < len(ids):  # trailing tokens that wrote nothing (eos) or an unfinished character
+        text += decode(ids[prev:])[len(decode(ids[prev:read])):]
+        ends += [len(text)] * (len(ids) - len(ends))
+    return ends if text == decode(ids) else None
+
+
+def answer_start(decode, trace_ids, gold) -> int:
+    """How many leading tokens of a trace come before its final answer (answer_anchor): token k
+    counts as before it when the decoded text up to and including token k ends at or before the
+    answer's first character, so no part of the answer (not even the first byte of a split
+    character) is in a prefix. Linear in the trace's length: token offsets from token_ends, then a
+    binary search; a tokenizer whose pieces do not add up falls back to a binary search on decoded
+    prefixes. A trace whose answer never shows is all reasoning."""
+    ids = list(trace_ids)
+    text = decode(ids)
+    anchor = answer_anchor(text, gold)
+    if anchor is None:
+        return len(ids)
+    ends = token_ends(decode, ids)
+    if ends is not None:
+        return bisect.bisect_right(ends, anchor)
+    lo, hi = 0, len(ids)  # the largest k with len(decode(ids[:k])) <= anchor
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if len(decode(ids[:mid])) <= anchor else (lo, mid - 1)
+    return lo
 
 
 def _timeout():  # math-verify's timeouts use SIGALRM, which only the main thread may set
@@ -394,8 +455,12 @@ def chat_task(name: str, tokenizer, train: list[tuple], heldout: list[tuple], ma
     def reward(p: Problem, prefix_ids, response_ids) -> float:  # the response alone: a prefix never answers for it
         return float(math_verify_correct(p.answer, decode(response_ids)))
 
+    @functools.lru_cache(maxsize=None)  # per (problem's answer, trace): --prefixed-only asks at every evaluation
+    def cached_answer_start(gold: str, trace_ids: tuple) -> int:
+        return answer_start(decode, trace_ids, gold)
+
     def reasoning_end(p: Problem, trace_ids) -> int:
-        return answer_start(decode, trace_ids, p.answer)
+        return cached_answer_start(str(p.answer), tuple(trace_ids))
 
     eos = end_of_turn_id(tokenizer)
     spec = dict(spec, instruction=INSTRUCTION, max_new_tokens=max_new_tokens)

@@ -41,6 +41,12 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+def low_precision(model) -> bool:
+    """The model computes in bfloat16: its weights are, or autocast makes it so (CUDA)."""
+    p = next(model.parameters())
+    return p.dtype != torch.float32 or p.device.type == "cuda"
+
+
 def seed_everything(seed: int, threads: int):
     random.seed(seed)
     np.random.seed(seed)
@@ -244,7 +250,7 @@ FLAG_RANGES = {
     "steps": _at_least(1), "prompts_per_step": _at_least(1), "rollouts": _at_least(2, " (a group-mean baseline needs two)"),
     "micro_batch": _at_least(1), "save_every": _at_least(1), "eval_every": _at_least(1), "eval_samples": _at_least(1),
     "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
-    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1),
+    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1), "micro_batch_tokens": _at_least(0),
     "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
     "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
@@ -314,7 +320,7 @@ def check_args(args):
         least, why = (0, " (0: the task's default)") if "task" in values else (1, "")
         checks.append((a.max_new_tokens >= least, f"--max-new-tokens must be >= {least}{why}, got {a.max_new_tokens}"))
     # COMBINATIONS: what a run needs
-    if "micro_batch" in values:
+    if "micro_batch" in values and not values.get("micro_batch_tokens"):  # tokens: micro-batches of any size
         checks.append(((a.prompts_per_step * a.rollouts) % a.micro_batch == 0,
                        f"batch {a.prompts_per_step}x{a.rollouts} is not divisible by --micro-batch {a.micro_batch}; give a divisor of {a.prompts_per_step * a.rollouts}"))
     if "cut_min" in values:  # prefixrl.py
@@ -331,41 +337,64 @@ def check_args(args):
             raise InputError(msg)
 
 
-# SAMPLING: batched, left-padded, with a KV cache
+# SAMPLING: batched, left-padded, with a KV cache, a chunk of rows at a time
+SAMPLE_TOKENS = 2**18
+"""the scripts' --sample-tokens default: most tokens (prompt + response) one sampling chunk's KV cache holds"""
+SAMPLE_ROWS = 512
+"""most rows per sampling chunk, whatever the budget (the sampler's chunk before the budget: same draws)"""
+
+
+def sample_rows(prompts, max_new_tokens, max_tokens=SAMPLE_TOKENS, max_rows=SAMPLE_ROWS) -> int:
+    """Rows per sampling chunk: as many as fit max_tokens when each holds the longest prompt and
+    max_new_tokens, so the KV cache is bounded by the budget, not by rows x max_new_tokens."""
+    return max(1, min(max_rows, max_tokens // (max(map(len, prompts), default=0) + max_new_tokens)))
+
+
 @torch.no_grad()
-def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=512):
-    """Sample one continuation per prompt. Returns (responses, logprobs): token ids (ending with eos
-    when the model stopped) and the sampling log-prob of each token, at this temperature."""
+def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=SAMPLE_ROWS, max_tokens=SAMPLE_TOKENS):
+    """Sample one continuation per prompt, sample_rows(...) rows at a time. Returns (responses,
+    logprobs): token ids (ending with eos when the model stopped) and the sampling log-prob of each
+    token, at this temperature. The same rows per chunk give the same draws whatever the budget."""
     responses, logprobs = [], []
-    for start in range(0, len(prompts), batch_size):
+    rows = sample_rows(prompts, max_new_tokens, max_tokens, batch_size)
+    for start in range(0, len(prompts), rows):
         with autocast(next(model.parameters()).device):
-            r, lp = _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature, eos_id, pad_id, generator)
+            r, lp = _sample_batch(model, prompts[start : start + rows], max_new_tokens, temperature, eos_id, pad_id, generator)
         responses += r
         logprobs += lp
     return responses, logprobs
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
+    """One chunk. The prefill keeps the last position's logits only (never [prompts, width, vocab]),
+    and a row that ends leaves the KV cache at once; its uniforms are still drawn, so the other rows'
+    draws do not depend on when it ended."""
     device = next(model.parameters()).device
-    out, rows, mask = prefill_once(model, prompts, pad_id, device)
+    out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device)
     past, logits, position = out.past_key_values, out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
-    out_tokens, out_lp = [], []
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        token, logp = draw(logits, temperature, generator)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        out_tokens.append(token)
-        out_lp.append(logp)
-        done |= token == eos_id
-        if done.all():
+    del out
+    tokens = torch.full((len(prompts), max_new_tokens), pad_id, device=device)
+    logps = torch.zeros(len(prompts), max_new_tokens, device=device)
+    alive = torch.ones(len(prompts), dtype=torch.bool, device=device)  # the rows still in the KV cache, in its order
+    steps = 0
+    for steps in range(1, max_new_tokens + 1):
+        token, logp = draw(logits, temperature, generator, alive)
+        tokens[alive, steps - 1], logps[alive, steps - 1] = token, logp
+        going = token != eos_id
+        if not going.any():
+            break
+        if not going.all():  # drop the rows that ended from the cache
+            past.batch_select_indices(going.nonzero()[:, 0])
+            alive[alive.clone()] = going
+            token, mask, position = token[going], mask[going], position[going]
+        if steps == max_new_tokens:
             break
         position = position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
-    tokens, lps = torch.stack(out_tokens, 1).tolist(), torch.stack(out_lp, 1).tolist()
     responses, logprobs = [], []
-    for row, lp in zip(tokens, lps):
+    for row, lp in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist()):
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         responses.append(row[:n])
         logprobs.append(lp[:n])
@@ -387,17 +416,20 @@ def prefill_once(forward, sequences, pad_id, device):
     return out, rows, mask[rows]
 
 
-def draw(logits, temperature, generator):
+def draw(logits, temperature, generator, alive=None):
     """One token per row from softmax(logits / temperature), and its log-prob. Inverse CDF, on the
     logits' device: one uniform per row comes from `generator` (wherever it lives: B numbers, never the
     vocabulary) and a search in the cumulative sums picks the token, so the full-vocabulary
-    probabilities never leave the device, and the same uniforms give the same tokens on any device."""
+    probabilities never leave the device, and the same uniforms give the same tokens on any device.
+    alive (bool, one per row of the chunk; logits has a row for each True): a uniform is drawn for
+    every row of the chunk, those that ended too, so the draws do not depend on which ended."""
     scaled = logits.float() / temperature
     top = scaled.amax(-1, keepdim=True)
     weights = (scaled - top).exp()
     log_norm = top[:, 0] + weights.sum(-1).log()
     cdf = weights.cumsum_(-1)
-    u = torch.rand(len(scaled), 1, generator=generator, device=generator.device).to(scaled.device)
+    u = torch.rand(len(scaled) if alive is None else len(alive), 1, generator=generator, device=generator.device).to(scaled.device)
+    u = u if alive is None else u[alive]
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=scaled.shape[-1] - 1)
     return token, scaled.gather(-1, token[:, None])[:, 0] - log_norm
 
@@ -417,6 +449,20 @@ def make_batch(contexts, responses, pad_id, device):
     return ids.to(device), attn.to(device), loss_mask.to(device)
 
 
+def micro_batches(attn, rows, tokens=0):
+    """[(start, end)]: consecutive rows per forward/backward, `rows` at a time, or with tokens > 0 as many
+    as keep (rows) x (their longest row) within `tokens`, at least one: activations bounded by tokens."""
+    if not tokens:
+        return [(s, min(s + rows, len(attn))) for s in range(0, len(attn), rows)]
+    spans, start, longest = [], 0, 0
+    for i, n in enumerate(attn.sum(1).tolist()):
+        if i > start and (i - start + 1) * max(longest, n) > tokens:
+            spans.append((start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    return spans + [(start, len(attn))]
+
+
 def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
     pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
@@ -424,7 +470,17 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     (recomputed in backward), so full-vocabulary fp32 logits never exist for the whole batch at once.
     needed (the loss mask, [B, T-1]): only these positions are wanted (the others come back 0), so the
     context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
-    n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute."""
+    n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute.
+    Columns that are padding in every row (a micro-batch of short rows) are not run (they come back 0)."""
+    width = int(attn.any(0).nonzero().max()) + 1 if attn.any() else ids.shape[1]
+    if width == ids.shape[1]:
+        return _token_logprobs(model, ids, attn, temperature, needed, chunk)
+    logp, ent = _token_logprobs(model, ids[:, :width], attn[:, :width], temperature, None if needed is None else needed[:, : width - 1], chunk)
+    pad = (0, ids.shape[1] - width)
+    return torch.nn.functional.pad(logp, pad), torch.nn.functional.pad(ent, pad)
+
+
+def _token_logprobs(model, ids, attn, temperature, needed, chunk):
     with autocast(ids.device):
         start = None if needed is None else (needed.cumsum(1) == 0).sum(1, keepdim=True)  # each row's first needed position
         shared = None if start is None else _shared_context_hidden(model, ids, attn, start[:, 0].tolist())
@@ -445,23 +501,86 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     return logp.gather(1, k) * valid, ent.gather(1, k) * valid
 
 
+@torch.no_grad()
+def logprobs_no_grad(model, ids, attn, temperature, micro_batch, micro_tokens=0):
+    """token_logprobs of every row without a gradient, a micro-batch at a time (as the loss runs them)."""
+    return torch.cat([token_logprobs(model, ids[s:e], attn[s:e], temperature)[0] for s, e in micro_batches(attn, micro_batch, micro_tokens)])
+
+
+SHARED_CONTEXT_CHECKPOINTING = "prefixrl_shared_context_under_checkpointing"
+"""attribute a model gets from models.enable_activation_checkpointing: True when its shared-context
+forward keeps its log-probs under gradient checkpointing (a model whose forward drops the KV cache then,
+GPT-2's, runs whole rows instead)"""
+
+
+def checkpointing(model) -> bool:
+    """Gradient checkpointing is on and acts: train mode, with gradients."""
+    return model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+@contextlib.contextmanager
+def _no_layer_checkpointing(model):
+    """Transformers' per-layer checkpointing off for a forward that writes a KV cache (it would drop it)."""
+    on = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    try:
+        for m in on:
+            m.gradient_checkpointing = False
+        yield
+    finally:
+        for m in on:
+            m.gradient_checkpointing = True
+
+
+@contextlib.contextmanager
+def _layers_read_the_cache(model, cache):
+    """Each cache layer read, never grown, and the checkpointed layers allowed to keep it: a layer the
+    backward pass recomputes finds the cache as its forward did."""
+    def read_only(layer, update):
+        def read(*args, **kwargs):
+            state = dict(layer.__dict__)
+            out = update(*args, **kwargs)
+            layer.__dict__.update(state)
+            return out
+        return read
+
+    for layer in cache.layers:
+        layer.update = read_only(layer, layer.update)
+    blocks = [m for m in model.modules() if hasattr(type(m), "_can_checkpoint_with_cache")]
+    try:
+        for m in blocks:
+            m._can_checkpoint_with_cache = True
+        yield
+    finally:
+        for m in blocks:
+            del m._can_checkpoint_with_cache
+
+
 def _shared_context_hidden(model, ids, attn, starts):
     """Final hidden states predicting each row's tokens after its context, [B, R, H], and those tokens,
     [B, R] (right-padded): each distinct context (row i's tokens up to starts[i], its first needed position) runs
     once (prefill_once) and the rest of each row continues from its KV cache. None when no two rows
-    share a context, or with gradient checkpointing (which turns the KV cache off)."""
+    share a context. Under gradient checkpointing the contexts' forward is one checkpoint (recomputed in
+    the backward pass, after the rest), and the rest's layers, each a checkpoint, read their KV cache."""
     lengths = attn.sum(1).tolist()
     contexts = [tuple(row[: s + 1]) for row, s in zip(ids.tolist(), starts)]
     rest = max(n - s - 1 for n, s in zip(lengths, starts))  # longest row after its context
-    if len(set(contexts)) == len(contexts) or rest < 1 or getattr(model, "is_gradient_checkpointing", False):
+    recompute = checkpointing(model)
+    if len(set(contexts)) == len(contexts) or rest < 1 or recompute and not getattr(model, SHARED_CONTEXT_CHECKPOINTING, False):
         return None
-    out, rows, ctx_mask = prefill_once(model.base_model, contexts, 0, ids.device)
+    if recompute:
+        def prefill():
+            with _no_layer_checkpointing(model):
+                return prefill_once(model.base_model, contexts, 0, ids.device)
+        out, rows, ctx_mask = torch.utils.checkpoint.checkpoint(prefill, use_reentrant=False)
+    else:
+        out, rows, ctx_mask = prefill_once(model.base_model, contexts, 0, ids.device)
     # the rest of each row (its response), right-padded, at the positions it has in the whole row
     position = torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)
     index = position.clamp(max=ids.shape[1] - 1)
     tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (position < torch.tensor(lengths, device=ids.device)[:, None])
-    tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
-                                   past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+    with _layers_read_the_cache(model, out.past_key_values) if recompute else contextlib.nullcontext():
+        tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
+                                       past_key_values=out.past_key_values, use_cache=True).last_hidden_state
     return torch.cat([out.last_hidden_state[rows, -1:], tail_hidden[:, :-1]], 1), tail
 
 
@@ -507,10 +626,12 @@ def check_output_logits(model, tolerance=1e-4):
         raise InputError(f"{type(model).__name__} is not supported: its log-probs cannot be computed a chunk at a time ({type(e).__name__}: {e})") from None
     finally:
         model.train(training)
+    if low_precision(model):  # bf16: another shape of the same product rounds otherwise
+        tolerance = max(tolerance, 0.1)
     if not gap <= tolerance:
         raise InputError(f"{type(model).__name__} is not supported: its forward transforms the logits in a way prefixrl does not reproduce, "
                          f"or it is random in train mode (log-probs differ by {gap:.2g}), so training would not follow the distribution it samples from")
-    if not shared_gap <= (0.1 if device.type == "cuda" else 1e-3):  # other shapes, other rounding: bf16 on CUDA, fp32 elsewhere
+    if not shared_gap <= (0.1 if low_precision(model) else 1e-3):  # other shapes, other rounding: bf16 on CUDA, fp32 elsewhere
         raise InputError(f"{type(model).__name__} is not supported: continuing a shared context from its KV cache changes the log-probs (by {shared_gap:.2g})")
 
 
@@ -526,7 +647,74 @@ def group_advantages(rewards, group_size, std_normalize=False):
 def sq_norm(tensors) -> float:
     """sum_i ||t_i||^2 over a list of tensors, from per-tensor float32 norms squared and summed in float64
     (one sync, no float64 copy of them): train/grad_std's squared norms of gradients."""
-    return torch.stack([torch.linalg.vector_norm(t) for t in tensors]).double().pow(2).sum().item()
+    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors]).double().pow(2).sum().item()
+
+
+def grad_change(model, before):
+    """(||G - before||^2, G): G the gradient accumulated in `model` so far, `before` a copy of it from
+    earlier (None: zero). `before` becomes G in place, a parameter at a time, so train/grad_std keeps one
+    copy of the gradient, not two."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if before is None:
+        return sq_norm(grads), [g.detach().clone() for g in grads]
+    norms = []
+    for g, b in zip(grads, before):
+        norms.append(torch.linalg.vector_norm(g - b, dtype=torch.float32))
+        b.copy_(g)
+    return torch.stack(norms).double().pow(2).sum().item(), before
+
+
+class BF16AdamW(torch.optim.Optimizer):
+    """AdamW (torch's update, weight decay 0.01 by default) for bfloat16 weights: its moments in float32
+    and the new weight computed in float32, then rounded to bfloat16 stochastically (up with probability
+    the fraction of the step), so a small update moves the weight on average instead of being lost: at
+    lr 1e-6 a weight of 0.02 moves 1/80 of its bfloat16 step, which round-to-nearest drops every time.
+    The rounding noise is a function of (seed, step, parameter index): a resumed run draws the same."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, seed=0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed))
+
+    def load_state_dict(self, state_dict):
+        """torch's, which casts the moments to the weights' dtype; then the float32 moments back."""
+        super().load_state_dict(state_dict)
+        for saved, group in zip(state_dict["param_groups"], self.param_groups):
+            for i, p in zip(saved["params"], group["params"]):
+                for key in ("exp_avg", "exp_avg_sq") if i in state_dict["state"] else ():
+                    self.state[p][key] = state_dict["state"][i][key].to(p.device, torch.float32)
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (beta1, beta2), lr = group["betas"], group["lr"]
+            for index, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p, dtype=torch.float32),
+                                 exp_avg_sq=torch.zeros_like(p, dtype=torch.float32))
+                state["step"] += 1
+                step, grad = int(state["step"].item()), p.grad.float()
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
+                weight = p.float().mul_(1 - lr * group["weight_decay"]).addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1**step))
+                noise = torch.Generator(p.device).manual_seed(hash((group["seed"], step, index)) % 2**63)
+                p.copy_(round_stochastic(weight, noise) if p.dtype == torch.bfloat16 else weight)
+
+
+def round_stochastic(x, generator):
+    """float32 -> bfloat16, up or down with probabilities that make the expected result x (its dropped
+    16 low bits, read as a fraction of a bfloat16 step, are the chance to round away from zero)."""
+    bits = x.view(torch.int32) + torch.randint(0, 2**16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+    return (bits & -(2**16)).view(torch.float32).to(torch.bfloat16)
+
+
+def adamw(model, lr, seed=0):
+    """The scripts' optimizer: torch's AdamW on float32 weights, BF16AdamW on bfloat16 ones (--dtype)."""
+    if next(model.parameters()).dtype == torch.bfloat16:
+        return BF16AdamW(model.parameters(), lr=lr, seed=seed)
+    return torch.optim.AdamW(model.parameters(), lr=lr)
 
 
 # EVALUATION: pass@k with the unbiased estimator
@@ -540,12 +728,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contexts=None):
+def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contexts=None, max_tokens=SAMPLE_TOKENS):
     """Sample n completions per problem (from its prompt, or from `contexts`) and return
     ({k: mean pass@k}, per-problem correct counts)."""
     contexts = contexts or [p.prompt_ids for p in problems]
     prompts = [c for c in contexts for _ in range(n)]
-    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator)
+    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, max_tokens=max_tokens)
     counts = [0] * len(problems)
     for i, (ctx, resp) in enumerate(zip(prompts, responses)):
         p = problems[i // n]
@@ -557,8 +745,8 @@ def eval_pass_rates(model, task, problems, args, generator):
     """The scripts' evaluation, always without prefix: pass@1 on `problems` (the training pool), pass@1 and
     pass@8 on the held-out problems, from --eval-samples samples per problem at --eval-temperature."""
     model.eval()
-    train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator)
-    heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator)
+    train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
+    heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
     return {"eval/train_pass@1": train_pass[1], "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
 
 
@@ -571,11 +759,11 @@ def print_summary(run_dir, evals, start):
           + ("" if pass8 is None else f", pass@8 {pass8:.3f}") + f"; metrics in {run_dir}/metrics.jsonl")
 
 
-def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator):
+def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator, max_tokens=SAMPLE_TOKENS):
     """Per-problem correct counts out of n samples (no prefix) at the end of a run, so plot.py can draw
     held-out pass@k for every k <= n (the paper's Fig. 8)."""
-    _, train_counts = evaluate(model, task, train_problems, n, temperature, generator, ks=())
-    _, heldout_counts = evaluate(model, task, task.heldout, n, temperature, generator, ks=())
+    _, train_counts = evaluate(model, task, train_problems, n, temperature, generator, ks=(), max_tokens=max_tokens)
+    _, heldout_counts = evaluate(model, task, task.heldout, n, temperature, generator, ks=(), max_tokens=max_tokens)
     with open(os.path.join(run_dir, "final_eval.json"), "w") as f:
         json.dump(dict(n=n, temperature=temperature, train_counts=train_counts, heldout_counts=heldout_counts), f)
 
@@ -608,7 +796,7 @@ def trace_cache_path(cache_dir, model_id, task, budget, seed):
     return os.path.join(cache_dir, f"traces-{task.name}-{tag}-b{budget}-s{seed}.json")
 
 
-def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=512, model_id=""):
+def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
     at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
     drawn in the same batch after its first success. Returns (traces by problem id, total sampling FLOPs)."""
@@ -630,7 +818,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
         todo = [(p, min(per, budget - attempts[p.id])) for p in active]
         prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
         owners = [p for p, m in todo for _ in range(m)]
-        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size)
+        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size, max_tokens)
         for p, resp, lp in zip(owners, responses, logprobs):
             flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
             if p.id in traces:  # past the first success: not an attempt
@@ -694,15 +882,30 @@ def load_traces(path, key=None, problems=None):
 
 def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):
     """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its reasoning
-    (task.reasoning_end: the tokens before the answer first shows), so no prefix holds the answer.
+    (task.reasoning_end: the tokens before its final answer), so no prefix holds the answer.
     Returns [(problem, prefix_ids)] for the problems with a trace, drawn once, from their own seed,
-    so every run sees the same."""
+    so every run sees the same. Prints their lengths (prefix_summary)."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, trace_lengths, reasoning = [], [], []
     for p in sorted((p for p in problems if p.id in traces), key=lambda p: p.id):
         ids = traces[p.id].token_ids
-        reasoning = task.reasoning_end(p, ids)
+        trace_lengths.append(len(ids))
+        reasoning.append(task.reasoning_end(p, ids))
         for _ in range(n_cuts):
-            cut = int(round(rng.uniform(cut_min, cut_max) * reasoning))
+            cut = int(round(rng.uniform(cut_min, cut_max) * reasoning[-1]))
             out.append((p, ids[:cut]))
+    if out:
+        print(prefix_summary([len(prefix) for _, prefix in out], np.repeat(trace_lengths, n_cuts), reasoning, trace_lengths))
     return out
+
+
+def prefix_summary(prefix_lengths, prefix_trace_lengths, reasoning_lengths, trace_lengths) -> str:
+    """One line for the start-up log: the prefixes' tokens and their share of their trace, and the
+    traces' reasoning share (the tokens before the final answer), each min/median/max. A cut that
+    lands near the start of every trace (an answer found too early) shows here."""
+    def spread(xs, fmt):
+        return "/".join(format(v, fmt) for v in (np.min(xs), np.median(xs), np.max(xs)))
+
+    share = np.asarray(prefix_lengths) / np.asarray(prefix_trace_lengths)
+    return (f"{len(prefix_lengths)} prefixes of {len(trace_lengths)} traces: tokens min/median/max {spread(prefix_lengths, '.0f')} "
+            f"({spread(share, '.0%')} of the trace); reasoning {spread(np.asarray(reasoning_lengths) / np.asarray(trace_lengths), '.0%')} of the trace")

@@ -1,6 +1,6 @@
 """Success vs prefix length on a real LM, on a CPU (the paper's Fig. 3): how often the base model
-solves a problem when it continues the first F of a correct trace's reasoning (the tokens before the
-answer first shows, task.reasoning_end), F = 0 (no prefix), 0.2, ..., 0.8.
+solves a problem when it continues the first F of a correct trace's reasoning (the tokens before its
+final answer, task.reasoning_end), F = 0 (no prefix), 0.2, ..., 0.8.
 
 Traces come from rejection sampling the model itself (utils.collect_traces, cached in --cache-dir);
 only problems with a trace are measured. Each (problem, F) gets --samples continuations; the

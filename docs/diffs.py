@@ -56,7 +56,7 @@ NOTES = {
          "SFT trains on the traces, so this method pays for them."),
         ("flops = trace_flops",
          "The FLOPs start at the traces' sampling cost."),
-        ("sft_optimizer = torch.optim.AdamW",
+        ("sft_optimizer = utils.adamw",
          "The SFT phase: its own optimizer, a held-out share of the traces, next-token steps on the rest until the held-out NLL stops falling, then RL from step 0 (or where a resumed run's RL stopped)."),
         ('phase="rl"',
          "RL's checkpoints record the phase, so `--resume` does not go back to SFT."),

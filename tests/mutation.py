@@ -49,7 +49,7 @@ def traces(k):
 
 SEES = "test_what_the_verifier_the_batch_and_the_loss_see"
 LEARNS = "test_one_step_raises_positive_and_lowers_negative_advantage_responses"
-SIGN = ("(-(weights[s : s + micro_batch] * logp).sum()).backward()", "((weights[s : s + micro_batch] * logp).sum()).backward()")
+SIGN = ("(-(weights[s:e] * logp).sum()).backward()", "((weights[s:e] * logp).sum()).backward()")
 SEQUENCE = "weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)"
 ADVANTAGES = "advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)"
 BATCH = "ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)"
@@ -70,15 +70,15 @@ BUGS = [
     Bug("standard_rl: rewards scored against the wrong problems (batch * n, not each n times)", "standard_rl.py",
         "zip([p for p in batch for _ in range(args.rollouts)], responses)", "zip(batch * args.rollouts, responses)",
         loops(SEES, "standard_rl")),
-    Bug("standard_rl: no optimizer step", "standard_rl.py", "        optimizer.step()\n\n        # METRICS", "\n        # METRICS",
+    Bug("standard_rl: no optimizer step", "standard_rl.py", "        optimizer.step()\n        optimizer.zero_grad()", "        optimizer.zero_grad()",
         loops(LEARNS, "standard_rl")),
     # PrefixRL
     Bug("prefixrl: the mix inverted (1:3 prefixed:original)", "prefixrl.py", "round(args.prompts_per_step * args.prefixed_fraction)",
         "round(args.prompts_per_step * (1 - args.prefixed_fraction))", loops("test_prefixrl_mixes_3_to_1_prefixes_of_each_problems_own_trace", "prefixrl")),
     Bug("prefixrl: the verifier scores prefix + response as the response", "prefixrl.py", "rewards = [task.reward(p, prefix, r) for",
         "rewards = [task.reward(p, [], prefix + r) for", loops(SEES, "prefixrl")),
-    Bug("prefixrl: prefixes cut from another problem's trace", "utils.py", "        ids = traces[p.id].token_ids\n        reasoning",
-        "        ids = list(traces.values())[len(out) // n_cuts].token_ids\n        reasoning",
+    Bug("prefixrl: prefixes cut from another problem's trace", "utils.py", "        ids = traces[p.id].token_ids\n        trace_lengths",
+        "        ids = list(traces.values())[len(out) // n_cuts].token_ids\n        trace_lengths",
         loops("test_prefixrl_mixes_3_to_1_prefixes_of_each_problems_own_trace", "prefixrl")),
     # SFT+RL
     Bug("sft_rl: the SFT loss also covers the prompt", "sft_rl.py", "utils.make_batch(contexts, targets, task.pad_id, args.device)",

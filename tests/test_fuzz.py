@@ -65,7 +65,8 @@ FLAGS = {  # flag -> values of its type, in range (tiny) and beyond
     "temperature": floats(-0.5, 3, 0.0), "lr": floats(-0.5, 1, 0.0), "grad_clip": floats(-1, 5, 0.0), "std_normalize": st.booleans(),
     "loss_agg": st.sampled_from(["token", "sequence"]), "micro_batch": ints(-1, 9), "gradient_checkpointing": st.booleans(),
     "eval_every": ints(-1, 3), "eval_samples": ints(-1, 9), "eval_temperature": floats(-0.5, 3, 0.0), "final_eval_samples": ints(-1, 5),
-    "save_every": ints(-1, 3),
+    "save_every": ints(-1, 3), "sample_tokens": ints(-1, 60, 10**6), "micro_batch_tokens": ints(-1, 60), "grad_std": st.booleans(),
+    "dtype": st.sampled_from(["float32", "bfloat16"]),
 }
 OWN_FLAGS = {
     "prefixrl": {"cuts_per_trace": ints(-1, 3), "cut_min": floats(-0.5, 1.5, 0.0, 1.0), "cut_max": floats(-0.5, 1.5, 0.0, 0.01, 1.0),

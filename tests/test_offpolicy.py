@@ -103,24 +103,28 @@ def test_policy_shaping_gradient_is_luffys():
 
 
 @pytest.mark.parametrize("script", [standard_rl, prefixrl, sft_rl, offpolicy_rl])
-@pytest.mark.parametrize("micro", [1, 2, 4])
-def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, micro):
+@pytest.mark.parametrize("micro,tokens", [(1, 0), (2, 0), (4, 0), (8, 30)])
+def test_grad_std_is_the_spread_of_the_rescaled_micro_batch_gradients(script, micro, tokens):
+    """Micro-batch k (b_k of the B rows) alone, scaled by B/b_k, estimates the full gradient; train/grad_std is
+    the b_k/B-weighted spread of those estimates around it (micro-batches of 30 tokens: of 2, 2, 1, 2 and 1 rows)."""
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     adv = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    _, got = script.reinforce_backward(model, ids, attn, mask, adv, micro, "token", 1.0)
-    full, k = grads(model).double(), 8 // micro
-    estimates = []
-    for s in range(0, 8, micro):  # micro-batch s alone: the advantages of the other rows set to 0
+    _, got = script.reinforce_backward(model, ids, attn, mask, adv, micro, "token", 1.0, micro_tokens=tokens)
+    full, spans = grads(model).double(), utils.micro_batches(attn, micro, tokens)
+    assert len({e - s for s, e in spans}) == (2 if tokens else 1)
+    estimates, shares = [], torch.tensor([(e - s) / 8 for s, e in spans], dtype=torch.float64)
+    for s, e in spans:  # micro-batch s:e alone: the advantages of the other rows set to 0
         model = tiny_model()
-        script.reinforce_backward(model, ids, attn, mask, torch.where((torch.arange(8) >= s) & (torch.arange(8) < s + micro), adv, 0.0), 8, "token", 1.0)
-        estimates.append(k * grads(model).double())
+        script.reinforce_backward(model, ids, attn, mask, torch.where((torch.arange(8) >= s) & (torch.arange(8) < e), adv, 0.0), 8, "token", 1.0)
+        estimates.append(8 / (e - s) * grads(model).double())
     estimates = torch.stack(estimates)
-    torch.testing.assert_close(estimates.mean(0), full, rtol=1e-4, atol=1e-7)
-    expected = (estimates - estimates.mean(0)).pow(2).sum(1).mean().sqrt().item()
+    torch.testing.assert_close((shares[:, None] * estimates).sum(0), full, rtol=1e-4, atol=1e-7)
+    expected = (shares * (estimates - full).pow(2).sum(1)).sum().sqrt().item()
     assert math.isclose(got, expected, rel_tol=1e-4) and got > 0
     assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 8, "token", 1.0)[1] is None  # one micro-batch
+    assert script.reinforce_backward(tiny_model(), ids, attn, mask, adv, 2, "token", 1.0, grad_std=False)[1] is None  # not asked for
 
 
 @pytest.mark.parametrize("flags", [{}, dict(ratio="sequence", clip=5.0), dict(shaping=0.1)])

@@ -303,22 +303,6 @@ def test_a_prefix_holding_the_answer_earns_nothing_for_the_response(response):
     assert task.reward(p, prefix, tok.encode(response) + [task.eos_id]) == 0.0
 
 
-@pytest.mark.parametrize("trace,before", [
-    ("We add 40 and 2, that makes 42 apples in all. So \\boxed{42}", "We add 40 and 2, that makes "),  # stated early, before the box
-    ("40 + 2: the sum is \\boxed{42}, since 42 = 40 + 2", "40 + 2: the sum is "),  # the box first
-    ("Hmm, -42 or 42? \\boxed{42}", "Hmm, "),  # the sign does not hide it
-    ("no answer here", "no answer here<|end|>"),  # never shows: all reasoning
-])
-def test_chat_cuts_end_before_the_answer_first_shows(trace, before):
-    tok = FakeChatTokenizer()
-    task = tasks.make_arith_task(tok, 1, 1, 0, seed=0)
-    p = dataclasses.replace(task.train[0], answer="42")
-    ids = tok.encode(trace) + [task.eos_id]
-    assert task.reasoning_end(p, ids) == len(tok.encode(before))
-    cuts = utils.cut_prefixes(task, [p], {p.id: utils.Trace(p.id, ids, trace, 1, 0.0, [])}, 50, 0.0, 1.0, seed=0)
-    assert max(len(prefix) for _, prefix in cuts) == len(tok.encode(before))  # up to the answer's first character, not into it
-
-
 # --dataset FILE.jsonl
 def write(tmp_path, lines):
     path = tmp_path / "data.jsonl"
