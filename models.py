@@ -220,6 +220,49 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",),
+                   ("spiece.model",), ("sentencepiece.bpe.model",), ("tekken.json",))
+"""the files a Hugging Face tokenizer loads from, one group of them enough (fast, SentencePiece, BPE, WordPiece...)"""
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+"""a sharded checkpoint's index: its weight_map names the shard files"""
+
+
+def check_model_path(name: str):
+    """--model given as a path: it exists, and a Hugging Face directory holds config.json, tokenizer
+    files and weights (every shard an index names), so a missing file is named before anything is
+    loaded or pretrained. Built-in names and hub ids pass: the hub is asked only at load."""
+    if name in TOY_MODELS or name.lower() == SMOLLM2 or not _looks_local(name):
+        return
+    path, made_by = os.path.expanduser(name), "save_pretrained writes them: model.save_pretrained(DIR), tokenizer.save_pretrained(DIR)"
+    if not os.path.exists(path):
+        raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf file, a hub id, 'toy' or '{SMOLLM2}')")
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a local HF directory)")
+        return
+    files = set(os.listdir(path))
+    if "config.json" not in files:
+        raise InputError(f"model directory '{name}' holds no config.json, so it is not a Hugging Face model (give a directory "
+                         f"written by save_pretrained, a .gguf file or a hub id)")
+    missing = []
+    if not any(all(f in files for f in group) for group in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json + merges.txt)")
+    for index in sorted(files & set(WEIGHT_INDEXES)):
+        try:
+            with open(os.path.join(path, index)) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"model directory '{name}': its {index} is unreadable ({type(e).__name__}); copy it again from the model's source") from None
+        lost = [s for s in shards if s not in files]
+        if lost:
+            missing.append(f"{len(lost)} of the {len(shards)} weight shards its {index} names ({lost[0]}...)")
+    if not files & {"model.safetensors", "pytorch_model.bin", *WEIGHT_INDEXES}:
+        missing.append("weights (model.safetensors, pytorch_model.bin, or a sharded checkpoint's *.index.json and shards)")
+    if missing:
+        raise InputError(f"model directory '{name}' has config.json but lacks {' and '.join(missing)}; copy them from where the "
+                         f"model came from ({made_by})")
+
+
 def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = TOY_PRETRAIN_STEPS, toy_seed: int = 0, dtype=torch.float32,
                toy_length: int = tasks.TOY_LENGTH):
     """Returns (model, tokenizer, model_id). model_id names the weights for cache keys.
@@ -227,20 +270,14 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file, hub = None, False
+    check_model_path(name)
     if name in TOY_MODELS:
         path = toy_model_dir(cache_dir, toy_pretrain_steps, toy_seed, toy_length, name)
     elif name.lower() == SMOLLM2:
         path = smollm2_gguf()
     else:
-        path = os.path.expanduser(name)
-        hub = not _looks_local(name)
-        if not hub and not os.path.exists(path):
-            raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf file, a hub id, 'toy' or '{SMOLLM2}')")
-        if not hub and os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-            raise InputError(f"model directory '{name}' holds no config.json, so it is not a Hugging Face model (give a directory written by save_pretrained, a .gguf file or a hub id)")
+        path, hub = os.path.expanduser(name), not _looks_local(name)
     if not hub and os.path.isfile(path):
-        if not path.endswith(".gguf"):
-            raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a local HF directory)")
         path, gguf_file = os.path.split(os.path.abspath(path))
     kw = dict(gguf_file=gguf_file) if gguf_file else {}
 
@@ -289,12 +326,20 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
 
 
 def check_args(args):
-    """utils.check_args (every flag in its range, the combinations a run needs), then the task's and the
-    base model's flags together, whose limits are tasks.py's and this file's. bench/'s scripts with a
-    --model run arith. The first bad one raises InputError, one line; nothing is loaded."""
+    """utils.check_args (every flag in its range, the combinations a run needs), then --model's files, the
+    task's and the base model's flags together, whose limits are tasks.py's and this file's, and the input
+    files: a --dataset is read, and a --traces file must be one that names some of the training problems.
+    bench/'s scripts with a --model run arith. The first bad one raises InputError, one line; no model is
+    loaded or pretrained."""
     utils.check_args(args)
+    if "model" in vars(args):
+        check_model_path(args.model)
     if "model" in vars(args) or "level" in vars(args):
         _check_task_and_model(args)
+    if "task" in vars(args):  # the files: a --dataset is read, a --traces file must name its training problems
+        ids = tasks.train_ids(args)
+        if getattr(args, "traces", None):
+            utils.load_traces(args.traces, problems=ids)
 
 
 def _check_task_and_model(a):

@@ -176,7 +176,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 
 def main(args: Args):
     args = utils.resume_args(args, "offpolicy_rl")  # --resume RUN_DIR: the run's own flags
-    models.check_args(args)
+    models.check_args(args)  # every flag and input file, before any model is loaded or pretrained
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
@@ -195,7 +195,7 @@ def main(args: Args):
         trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
         traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
-        raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
+        raise utils.no_trace_found(args, len(task.train))
     originals = [p for p in task.train if p.id in traces]
     if args.shaping is None and any(len(t.behaviour_logprobs) != len(t.token_ids) for t in traces.values()):
         raise utils.InputError("importance weights need each trace token's behaviour log-prob, and these traces lack them (re-tokenized from another model?): use --shaping")

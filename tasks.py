@@ -519,6 +519,12 @@ def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: i
     """Procedural word problems of one difficulty level (1..LEVELS), drawn deterministically from `seed`.
     Texts are distinct, and no held-out problem has the numbers and answer of a training problem (the
     same sum told in other words is not held out). The reference answer is an integer."""
+    train, heldout, spec = arith_rows(level, n_train, n_heldout, seed)
+    return chat_task(f"arith{level}", tokenizer, train, heldout, max_new_tokens, spec)
+
+
+def arith_rows(level: int, n_train: int, n_heldout: int, seed: int):
+    """make_arith_task's problems as (id, text, answer, meta) rows, (train, held-out, spec): no tokenizer needed."""
     check_level(level)
     r, seen, train_keys, rows = random.Random(f"arith-{level}-{seed}"), set(), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
@@ -535,7 +541,7 @@ def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: i
     else:
         raise InputError(f"could not draw {n_train + n_heldout} distinct level-{level} problems with held-out ones unlike the training ones; lower --n-train or --n-heldout")
     spec = dict(task="arith", level=level, n=[n_train, n_heldout], seed=seed, heldout="new numbers or answer")
-    return chat_task(f"arith{level}", tokenizer, rows[:n_train], rows[n_train:], max_new_tokens, spec)
+    return rows[:n_train], rows[n_train:], spec
 
 
 # YOUR OWN PROBLEMS: --dataset FILE.jsonl
@@ -550,6 +556,14 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
     is the answer). An optional "split" ("train" / "heldout" or "test") places a problem; the others
     are split at random from `seed` (a `heldout_fraction` share held out). n_train / n_heldout cap
     the sizes. Problems with the same text keep their first line. Blank lines are skipped."""
+    train, heldout, spec = jsonl_rows(path, heldout_fraction, seed, n_train, n_heldout)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return chat_task(name, tokenizer, train, heldout, max_new_tokens, spec)
+
+
+def jsonl_rows(path: str, heldout_fraction: float = 0.2, seed: int = 0, n_train=None, n_heldout=None):
+    """load_jsonl_task's problems as (id, text, answer, meta) rows, (train, held-out, spec), read and
+    checked without a tokenizer: a bad line stops with one line naming it."""
     if not os.path.isfile(path):
         raise InputError(f"dataset file '{path}' does not exist")
     if not 0 <= heldout_fraction < 1:
@@ -596,8 +610,7 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
         raise InputError(f"dataset file '{path}' leaves no held-out problems (give more problems, or mark some \"split\": \"heldout\")")
     content = hashlib.sha256(json.dumps([x[:3] for x in rows]).encode()).hexdigest()[:16]
     spec = dict(task="jsonl", content=content, heldout_fraction=heldout_fraction, seed=seed, n=[n_train, n_heldout])
-    name = os.path.splitext(os.path.basename(path))[0]
-    return chat_task(name, tokenizer, train, heldout, max_new_tokens, spec)
+    return train, heldout, spec
 
 
 # TRACES FROM ANOTHER MODEL FAMILY: re-tokenized for the policy (paper Fig. 10)
@@ -629,6 +642,21 @@ def check_task_flags(task: str, dataset):
         raise InputError(f"give --dataset or --task, not both (got --dataset {dataset} and --task {task})")
     if not (dataset or task in ("toy", "arith") or task.endswith(".jsonl")):
         raise InputError(f"--task must be 'toy', 'arith' or a .jsonl file, got '{task}'")
+
+
+def train_ids(args) -> list:
+    """The ids of the training problems the scripts' task flags give, without a tokenizer (so before any
+    model is loaded): what a --traces file must name. Reads, and so checks, a --dataset / --task FILE.jsonl."""
+    a = args
+    check_task_flags(a.task, a.dataset)
+    if a.dataset or a.task.endswith(".jsonl"):
+        rows = jsonl_rows(a.dataset or a.task, seed=a.task_seed, n_train=a.n_train, n_heldout=a.n_heldout)[0]
+    elif a.task == "arith":
+        rows = arith_rows(a.level, a.n_train, a.n_heldout, a.task_seed)[0]
+    else:
+        toy = make_toy_task(a.toy_length, a.hard_min, a.hard_max, a.n_train, a.n_heldout, a.task_seed)
+        return [p.id for p in toy.train]
+    return [pid for pid, *_ in rows]
 
 
 def load_task(args, tokenizer) -> Task:

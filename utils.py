@@ -846,38 +846,93 @@ def save_traces(path, key, traces, attempts, flops):
                                        flops=flops, traces=[asdict(t) for t in traces.values()])))
 
 
+TRACES_SOURCE = "a traces-*.json that a run wrote in its --cache-dir, or reproduce.py's --collect-traces-to"
+"""where a traces file comes from, named when a --traces file is refused"""
+_NUMBER = (int, float)
+TRACE_FIELDS = {
+    "problem_id": (lambda v: isinstance(v, str), "a string"),
+    "token_ids": (lambda v: isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v),
+                  "a non-empty list of token ids"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "attempts": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "flops": (lambda v: isinstance(v, _NUMBER), "a number"),
+    "behaviour_logprobs": (lambda v: isinstance(v, list), "a list"),
+    "temperature": (lambda v: isinstance(v, _NUMBER) and v > 0, "a number > 0"),
+}
+"""a trace's fields (Trace's), each with its test and what it must be; files of format v1 have no temperature"""
+
+
+def traces_file_problem(data):
+    """What keeps `data`, a parsed JSON file, from being a prefixrl traces file, in a few words; None if nothing."""
+    if not isinstance(data, dict) or data.get("format") not in (TRACES_FORMAT, "prefixrl-traces-v1"):
+        return f'no "format": "{TRACES_FORMAT}"'
+    if not isinstance(data.get("key"), dict) or not isinstance(data.get("total_flops"), _NUMBER):
+        return 'no "key" object or "total_flops" number'
+    flops = data.get("flops", {})
+    if not isinstance(flops, dict) or not all(isinstance(v, _NUMBER) for v in flops.values()):
+        return '"flops" must map problem ids to numbers'
+    if not isinstance(data.get("traces"), list):
+        return 'no "traces" list'
+    for i, t in enumerate(data["traces"]):
+        if not isinstance(t, dict):
+            return f"trace {i} is not an object"
+        unknown = sorted(set(t) - set(TRACE_FIELDS))
+        missing = [k for k in TRACE_FIELDS if k not in t and k != "temperature"]
+        if unknown or missing:
+            return f"trace {i} has {'no field ' + missing[0] if missing else 'an unknown field ' + unknown[0]}"
+        bad = next((k for k, (ok, _) in TRACE_FIELDS.items() if k in t and not ok(t[k])), None)
+        if bad:
+            return f"trace {i}'s {bad} must be {TRACE_FIELDS[bad][1]}"
+    return None
+
+
 def load_traces(path, key=None, problems=None):
-    """Read a traces file; with `key`, it must have been collected for exactly this model/task/budget;
-    with `problems`, it must hold traces for some of them (others are ignored). Returns (traces, FLOPs
-    charged): the sampling FLOPs of the problems asked for (all the file's without `problems`), failed
-    ones included where the file records them (v2); a v1 file records only its traces' FLOPs per problem,
-    so its failed problems are not charged."""
+    """Read a traces file; with `key`, it is a cache that must have been collected for exactly this
+    model/task/budget; with `problems` (Problems or their ids), it must hold traces for some of them
+    (others are ignored). Returns (traces, FLOPs charged): the sampling FLOPs of the problems asked for
+    (all the file's without `problems`), failed ones included where the file records them (v2); a v1
+    file records only its traces' FLOPs per problem, so its failed problems are not charged. A bad file
+    stops with one line: a cache is deleted and collected again, a file the user gave is not."""
+    fix = "delete it to re-collect" if key is not None else f"give {TRACES_SOURCE}"
     try:
         with open(path) as f:
             data = json.load(f)
-        assert data.get("format") in (TRACES_FORMAT, "prefixrl-traces-v1")
-        traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
-        assert isinstance(data["key"], dict) and isinstance(data["total_flops"], (int, float))
-        flops = data.get("flops", {pid: t.flops for pid, t in traces.items()})
-        assert isinstance(flops, dict) and all(isinstance(v, (int, float)) for v in flops.values())
-        for t in traces.values():  # the fields the scripts use, with their types
-            assert t.token_ids and all(isinstance(i, int) and i >= 0 for i in t.token_ids) and isinstance(t.behaviour_logprobs, list)
-            assert isinstance(t.attempts, int) and t.attempts >= 1 and isinstance(t.flops, (int, float)) and isinstance(t.text, str)
-            assert isinstance(t.temperature, (int, float)) and t.temperature > 0
-    except (OSError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"traces file '{path}' is unreadable or not a prefixrl traces file ({type(e).__name__}); delete it to re-collect") from None
+    except OSError as e:
+        raise InputError(f"traces file '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
+    except ValueError as e:  # UnicodeDecodeError too
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise InputError(f"traces file '{path}' is not JSON ({type(e).__name__}{where}); {fix}") from None
+    why = traces_file_problem(data)
+    if why:
+        raise InputError(f"traces file '{path}' is not a prefixrl traces file ({why}); {fix}")
+    traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
+    flops = data.get("flops", {pid: t.flops for pid, t in traces.items()})
     if key is not None and data["key"] != key:
         diff = sorted(k for k in key if data["key"].get(k) != key[k])
-        raise InputError(f"traces file '{path}' was collected for a different {'/'.join(diff)}; delete it or pass another --traces path")
+        raise InputError(f"traces file '{path}' was collected for a different {'/'.join(diff)}; {fix}")
     if problems is not None:
-        ids = {p.id for p in problems}
+        ids = [p if isinstance(p, str) else p.id for p in problems]
+        wanted = set(ids)
         if not traces:
-            raise InputError(f"traces file '{path}' holds no traces; give a file with at least one correct trace for these problems")
-        if not ids & set(traces):
-            raise InputError(f"traces file '{path}' holds traces for other problems (none of its {len(traces)} ids is a training problem here)")
-        traces = {pid: t for pid, t in traces.items() if pid in ids}
-        flops = {pid: v for pid, v in flops.items() if pid in ids}
+            raise InputError(f"traces file '{path}' holds no traces (its collection found none); give a file with at least "
+                             f"one correct trace for these problems")
+        if not wanted & set(traces):
+            raise InputError(f"traces file '{path}' holds traces for other problems: none of its {len(traces)} problem ids "
+                             f"(such as '{next(iter(traces))}') is one of the {len(ids)} training problems here (such as "
+                             f"'{ids[0]}'); give traces collected for this task, with the same task flags (--task, --n-train, --task-seed...)")
+        traces = {pid: t for pid, t in traces.items() if pid in wanted}
+        flops = {pid: v for pid, v in flops.items() if pid in wanted}
     return traces, float(sum(flops.values()))
+
+
+def no_trace_found(args, n_problems) -> InputError:
+    """The scripts' error when rejection sampling found no trace at all: what makes one likelier for this task."""
+    if args.dataset or args.task.endswith(".jsonl"):
+        easier = f"give easier problems than those of {args.dataset or args.task}"
+    else:
+        easier = "lower --level" if args.task == "arith" else "lower --hard-min and --hard-max"
+    return InputError(f"no correct trace found for any of {n_problems} problems within --trace-budget {args.trace_budget} "
+                      f"samples each; raise --trace-budget, or {easier}")
 
 
 def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):

@@ -315,7 +315,7 @@ def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     hard = dict(TINY, threads=1, hard_min=9, hard_max=10, trace_budget=1)  # a 20-step model never solves these at once
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, **hard)))
-    assert "no correct trace found for any of 4 problems within --trace-budget 1; raise it or lower --hard-min" in err
+    assert "no correct trace found for any of 4 problems within --trace-budget 1 samples each; raise --trace-budget, or lower --hard-min" in err
     assert not os.path.exists(run_dir)
     empty = str(tmp_path / "empty.json")
     utils.save_traces(empty, {"source": "nothing"}, {}, {}, {})
@@ -335,5 +335,5 @@ def test_malformed_traces_file_is_named(damage, teacher_traces, tmp_path):
     damage(data)
     path = str(tmp_path / "bad.json")
     json.dump(data, open(path, "w"))
-    with pytest.raises(utils.InputError, match="is unreadable or not a prefixrl traces file"):
+    with pytest.raises(utils.InputError, match="is not a prefixrl traces file"):
         utils.load_traces(path)
