@@ -10,7 +10,7 @@ averaged: mean and a band (--band std: ± one standard deviation over seeds; min
 Runs of different task settings (--hard-min, --trace-budget, ...) are never averaged together:
 each setting gets its own subfolder.
 
-Read from each run dir: args.json, metrics.jsonl (README, "Metrics"), and when present
+Read from each run dir: args.json, metrics.jsonl (docs/usage.md, "Metrics"), and when present
   final_eval.json   {"n": samples per problem, "heldout_counts": [...], "train_counts": [...]}:
                     per-problem correct counts at the end, no prefix (Fig. 8, pass@k, k = 1..n)
   eval rows with "eval/prefix@F_pass@1" (F = 0.2, 0.4, ...): pass@1 on the training problems
