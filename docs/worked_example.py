@@ -140,7 +140,7 @@ positions differ; here this problem is the only one.) Each (problem, prefix) pai
     wins = int(sum(rewards[:n]))
     original = ("The original group is all-negative: every reward is 0, so every advantage is exactly 0, and it adds "
                 "nothing to the gradient. That is standard RL's stall on this toy, where the base model's pass@1 is "
-                "about 4e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
+                "about 4.9e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
     ending = textwrap.fill(f"The prefixed group has {wins} success{'es' if wins > 1 else ''} in {n}: its advantages are reward − "
                            f"{sum(rewards[:n]) / n:.3f} (the group mean), not all zero, so its rows carry a gradient, and only "
                            f"through their response tokens. {original}", width=105)
@@ -157,7 +157,7 @@ the policy continues:
 ```
 
 The responses stand in for the policy's samples: the noisy teacher, which takes the rule or the decoy on
-each hard step with probability {tasks.TEACHER_P_CORRECT} each (the base model: 0.49 for the rule, `bench/calibrate_toy.py`).
+each hard step with probability {tasks.TEACHER_P_CORRECT} each (the base model: 0.50 for the rule, `bench/calibrate_toy.py`).
 After this prefix {hard_left} hard steps are left, so a group of {n} has a success with probability
 1 − (1 − {tasks.TEACHER_P_CORRECT}^{hard_left})^{n} = {p_group:.2f}; the original prompt needs all {hard} right. The teacher's seed is {seed},
 the first from 0 whose prefixed group has a success{tried}.
