@@ -373,29 +373,38 @@ def _check_task_and_model(a):
 # THE SHIPPED TOY BASE MODELS: how well each knows its families, and the command that remakes them
 @torch.no_grad()
 def toy_calibration(model, problems):
-    """Teacher-force each toy problem's one correct solution. Returns (by_family: family -> p(right) at
-    each of its hard steps, easy: p(right) at each easy step, exact: H -> exact pass@1 of each problem)."""
+    """Teacher-force each toy problem's one correct solution. Returns (by_entry: (family, big number)
+    -> p(right) at each hard step that uses that entry of the family's table, easy: p(right) at each
+    easy step, exact: H -> exact pass@1 of each problem)."""
     model.eval()
     solutions = [tasks.toy_solution_ids(p.meta["values"]) for p in problems]
     ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, tasks.PAD, "cpu")
     logp, _ = utils.token_logprobs(model, ids, attn)
-    by_family, easy, exact = {}, [], {}
+    by_entry, easy, exact = {}, [], {}
     for i, p in enumerate(problems):
         family, _, adds = p.meta["params"]
         start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
         for k, b in enumerate(adds):
-            (by_family.setdefault(family, []) if b >= tasks.BIG else easy).append(float(logp[i, start + k].exp()))
+            (by_entry.setdefault((family, b), []) if b >= tasks.BIG else easy).append(float(logp[i, start + k].exp()))
         exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
-    return by_family, easy, exact
+    return by_entry, easy, exact
+
+
+def by_family(by_entry: dict) -> dict:
+    """family -> p(right) at each of its hard steps, from toy_calibration's by_entry."""
+    families = {}
+    for (family, _), ps in sorted(by_entry.items()):
+        families.setdefault(family, []).extend(ps)
+    return families
 
 
 def calibration_summary(model) -> dict:
     """The numbers recorded with a shipped model and checked by tests/test_toy_models.py: p(right) at
     hard and easy steps of the default problems (training and held-out) and the exact pass@1."""
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
-    by_family, easy, exact = toy_calibration(model, task.train + task.heldout)
-    family_means = [float(np.mean(v)) for v in by_family.values()]
-    return dict(p_right_hard=float(np.mean([v for vs in by_family.values() for v in vs])), p_right_hard_family_min=min(family_means),
+    by_entry, easy, exact = toy_calibration(model, task.train + task.heldout)
+    family_means = [float(np.mean(v)) for v in by_family(by_entry).values()]
+    return dict(p_right_hard=float(np.mean([v for vs in by_entry.values() for v in vs])), p_right_hard_family_min=min(family_means),
                 p_right_hard_family_max=max(family_means), p_right_easy=float(np.mean(easy)), exact_pass1=float(np.mean(exact[11])))
 
 

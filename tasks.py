@@ -1,7 +1,7 @@
 """Tasks: problems as token ids plus an outcome reward.
 
-The offline default is a procedurally generated "hard reasoning" toy (running sums mod 11 of 12 numbers,
-in 22 families with rules of their own) with its own word-level vocabulary; the toy base model is
+The offline default is a procedurally generated "hard reasoning" toy (running sums mod 12 of 12 numbers,
+in 120 families with rule tables of their own) with its own word-level vocabulary; the toy base model is
 pretrained on traces of a *noisy teacher* that, on hard steps, uses a decoy rule as often as the right
 one, so the base model has a systematic weakness, as real LMs do, and each family's is its own.
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from utils import InputError
 
-MOD = 12  # values live in Z_12: even, so a family's decoy can sit opposite its rule on the circle
+MOD = 12  # values live in Z_12
 CHECKPOINTS = 3  # the answer is the running sum at 3 checkpoints
 TEACHER_P_CORRECT = 0.5  # on a hard step the noisy teacher uses its family's rule or its decoy, equally often
 TOY_LENGTH = 12  # numbers to add per problem: short sequences keep sampling fast on a CPU
@@ -67,8 +67,8 @@ class Task:
 
 # TOY TASK: running sums mod 12, one family per training problem. The prompt gives the family f, a start
 # x0 and L numbers b_1..b_L; the solution writes x_i = (x_{i-1} + b_i) mod 12 for every i, except that
-# adding a big number (b >= BIG, a "hard" step) follows the family's own rule and adds FAMILY_RULE[f]
-# more; then '=' and the subtotals after each third of the steps. The base model learned from a teacher
+# adding a big number (b >= BIG, a "hard" step) follows the family's own table and adds
+# FAMILY_RULE[f][b - BIG] more; then '=' and the subtotals after each third of the steps. The base model learned from a teacher
 # that uses the rule or a decoy rule equally often, so only a verified success tells which one is right
 def toy_vocab() -> list[str]:
     return (["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
@@ -78,35 +78,48 @@ def toy_vocab() -> list[str]:
 VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
-BIG = 6  # adding b >= BIG is a hard step: 6 of the 12 numbers
+BIG = 8  # adding b >= BIG is a hard step: 4 of the 12 numbers, each an entry of its family's table
 MAX_TOY_LENGTH = 60  # prompt and solution (2L + 8 tokens) fit the toy base model's 128 positions
 TEACHERS = ("base", "other")
 """the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
 traces stand for another model family's (paper Fig. 10)"""
 
 
-def family_rules(families: int = FAMILIES, seed: int = 2601) -> list[int]:
-    """Each family's rule offset, balanced so that no feature of the offsets is shared by the families:
-    every residue mod MOD/2 (the pair {r, r + MOD/2} that the teacher mixes) serves as many families,
-    and within each residue half the families take the lower offset as their rule and half the upper.
-    A success on one family then says nothing about which of its two values another family wants."""
-    half = MOD // 2
-    residues = np.arange(families) % half
-    upper = (np.arange(families) // half) % 2  # alternate lower / upper within each residue
-    return np.random.default_rng(seed).permutation(residues + half * upper).tolist()
+def family_tables(families: int = FAMILIES, seed: int = 2601):
+    """Each family's rule as a table: adding big number b adds rule[f][b - BIG] more, and the base
+    teacher's decoy adds decoy[f][b - BIG] instead. Every entry is its own random pair {rule, decoy}
+    of Z_MOD, and within each family half the entries take the smaller value of their pair as the rule
+    and half the larger, half the value ahead on the circle and half the one behind. So no property of
+    the values (smaller, ahead, a gap, a residue) holds for all of a family's entries: a feature the
+    policy learns from one family's success helps some of another family's steps and hurts as many,
+    which lowers that family's chance of a whole correct solution instead of raising it. A family is
+    learned only from its own successes (docs/default-toy: a shared feature let standard RL escape)."""
+    rng = np.random.default_rng(seed)
+    n = MOD - BIG
+    rules, decoys = [], []
+    for _ in range(families):
+        while True:
+            pairs = [rng.choice(MOD, 2, replace=False) for _ in range(n)]
+            smaller = [r < d for r, d in pairs]
+            ahead = [0 < (r - d) % MOD < MOD / 2 for r, d in pairs]
+            opposite = any((r - d) % MOD == MOD // 2 for r, d in pairs)  # neither ahead nor behind
+            if 2 * sum(smaller) == n and 2 * sum(ahead) == n and not opposite:
+                break
+        rules.append([int(r) for r, _ in pairs])
+        decoys.append([int(d) for _, d in pairs])
+    return rules, decoys
 
 
-FAMILY_RULE = family_rules()
+FAMILY_RULE, _BASE_DECOY = family_tables()
 FAMILY_DECOY = {
-    "base": [(r + MOD // 2) % MOD for r in FAMILY_RULE],
-    "other": [(r + (MOD // 4 if f % 2 else -MOD // 4)) % MOD for f, r in enumerate(FAMILY_RULE)],
+    "base": _BASE_DECOY,
+    "other": [[(r + (MOD // 4 if (r + MOD // 4) % MOD != d else -MOD // 4)) % MOD for r, d in zip(rs, ds)]
+              for rs, ds in zip(FAMILY_RULE, _BASE_DECOY)],
 }
-"""family f's hard steps add FAMILY_RULE[f] more; the teacher's decoy adds FAMILY_DECOY[teacher][f].
-The base model's decoy sits opposite the rule on the circle (MOD/2 away), so neither of the pair is
-ahead of the other: in Z_11 one always was, and "take the value ahead" became one feature that a few
-successes taught every family at once (docs/default-toy). The other teacher errs MOD/4 ahead or behind,
-half the families each way, so its mistakes differ from the base teacher's"""
-RULES = f"families{FAMILIES}-mod{MOD}-opposite-decoy-big{BIG}-p{TEACHER_P_CORRECT}-values-checked"
+"""family f's hard step "+b" adds FAMILY_RULE[f][b - BIG] more; the teacher's decoy adds
+FAMILY_DECOY[teacher][f][b - BIG]. The other teacher (paper Fig. 10) errs MOD/4 away from the rule,
+never where the base teacher errs, so its mistakes differ from the base teacher's"""
+RULES = f"families{FAMILIES}-mod{MOD}-table-per-family-big{BIG}-p{TEACHER_P_CORRECT}-values-checked"
 """names the toy's rules (the base models' teachers): part of the cache keys of the toy base models and of the traces"""
 
 
@@ -133,7 +146,7 @@ def toy_solve(params, rng=None, p_correct: float = 1.0, teacher: str = "base"):
     for b in adds:
         if b >= BIG:
             decoy = rng is not None and rng.random() >= p_correct
-            b += FAMILY_DECOY[teacher][family] if decoy else FAMILY_RULE[family]
+            b += (FAMILY_DECOY[teacher] if decoy else FAMILY_RULE)[family][b - BIG]
         values.append(x := (x + b) % MOD)
     return values, sum(b >= BIG for b in adds)
 
@@ -161,12 +174,17 @@ def params_with_hard_steps(rng, steps: int, hard: int, family: int):
     """A problem of `family` with exactly `hard` hard steps: the last step, so that every prefix of
     the reasoning leaves one to do, and hard - 1 at positions drawn uniformly among the middle ones;
     the first step is easy, since the base model, which learned it from another attention pattern (x0
-    sits in the prompt), errs there in other ways than by its decoy. b is uniform among the big
-    numbers at hard steps and among the small ones elsewhere."""
+    sits in the prompt), errs there in other ways than by its decoy. At the hard steps every big
+    number comes equally often (as far as `hard` divides; the rest uniform), so a problem uses its
+    family's whole table: solving it is learning the family, and its held-out twin needs nothing more.
+    Easy steps add a small number, uniform."""
     is_hard = np.zeros(steps, dtype=bool)
     if hard:
         is_hard[1 + rng.choice(steps - 2, hard - 1, replace=False)] = is_hard[-1] = True
-    adds = [int(rng.integers(BIG, MOD)) if h else int(rng.integers(0, BIG)) for h in is_hard]
+    big = np.arange(BIG, MOD)
+    hard_adds = np.concatenate([np.repeat(big, hard // len(big)), rng.choice(big, hard % len(big), replace=False)])
+    hard_adds = iter(rng.permutation(hard_adds).tolist())
+    adds = [next(hard_adds) if h else int(rng.integers(0, BIG)) for h in is_hard]
     return family, int(rng.integers(0, MOD)), adds
 
 
@@ -218,7 +236,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789XY"[b] for b in params[2])
         meta = {"hard": hard, "family": params[0], "params": params, "values": values}
         problems.append(Problem(pid, toy_prompt_ids(params), answer, meta))
-    spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+    spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard-whole-table", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],

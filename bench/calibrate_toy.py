@@ -8,12 +8,11 @@ It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, -
 --toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
 
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
-p(right | hard step) per family and overall, and over the families whose rule lies ahead of (or behind)
-p(right | easy step), and the exact probability of
+p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H: the reward rate, since
-the reward checks every value. Also by group of families that a shared feature would pick out (the
-rule the lower or the upper of its pair of offsets): a trained policy that learned such a feature
-shows a gap between the groups.
+the reward checks every value. Also over the table entries that a shared feature would pick out (the
+rule the smaller or the larger value of its pair): a trained policy that learned such a feature
+shows a gap between the two groups.
 """
 
 import os
@@ -36,16 +35,19 @@ def main(args: prefixrl.Args):
     model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     problems = task.train + task.heldout
-    by_family, easy, exact = models.toy_calibration(model, problems)
+    by_entry, easy, exact = models.toy_calibration(model, problems)
+    by_family = models.by_family(by_entry)
     print(f"model {args.model}, {len(problems)} problems (H {args.hard_min}..{args.hard_max}, length {args.toy_length})")
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
-    half = tasks.MOD // 2  # a feature shared by families would split them: rule the lower or the upper offset of its pair
-    for side, upper in (("lower", False), ("upper", True)):
-        fams = [f for f in sorted(by_family) if (tasks.FAMILY_RULE[f] >= half) == upper]
-        print(f"  families whose rule is the {side} offset of its pair ({len(fams)}): mean "
-              f"{np.mean([np.mean(by_family[f]) for f in fams]):.2f}, {sum(np.mean(by_family[f]) >= 0.9 for f in fams)} at >= 0.9")
+    # a feature shared by families would split the table entries: those whose rule is the smaller value of its pair
+    # against those whose rule is the larger (every family has as many of each)
+    for side, smaller in (("smaller", True), ("larger", False)):
+        ps = [np.mean(v) for (f, b), v in by_entry.items()
+              if (tasks.FAMILY_RULE[f][b - tasks.BIG] < tasks.FAMILY_DECOY["base"][f][b - tasks.BIG]) == smaller]
+        print(f"  table entries whose rule is the {side} value of its pair ({len(ps)}): mean {np.mean(ps):.2f}, "
+              f"{sum(p >= 0.9 for p in ps)} at >= 0.9")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
 

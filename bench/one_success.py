@@ -50,7 +50,7 @@ def main(args: prefixrl.Args):
     problems = task.train + task.heldout
 
     def p_right():  # mean p(right | hard step), indexed by family (NaN for a family with no problem here)
-        by_family, _, _ = models.toy_calibration(model, problems)
+        by_family = models.by_family(models.toy_calibration(model, problems)[0])
         return np.array([np.mean(by_family[f]) if f in by_family else np.nan for f in range(tasks.FAMILIES)])
 
     initial = copy.deepcopy(model.state_dict())

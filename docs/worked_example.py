@@ -75,9 +75,10 @@ was pretrained to imitate.
 
 `{problem.id}`, the first of the default task's {len(task.train)} training candidates. A solution writes the
 running sum x_1 … x_{len(adds)} mod {tasks.MOD}, then `=` and the subtotals after each third. Adding b ≤ {tasks.BIG - 1} is an
-easy step (x + b); adding b ≥ {tasks.BIG} is a hard step, which in family F{family} adds {tasks.FAMILY_RULE[family]} more
-(`tasks.FAMILY_RULE`). The base model learned from a teacher that added its decoy, {tasks.FAMILY_DECOY["base"][family]} more
-(`tasks.FAMILY_DECOY`), just as often, so only a verified success tells the two apart.
+easy step (x + b); adding b ≥ {tasks.BIG} is a hard step, which in family F{family} follows the family's table
+(`tasks.FAMILY_RULE`): adding {", ".join(f"{b} adds {r} more" for b, r in zip(range(tasks.BIG, tasks.MOD), tasks.FAMILY_RULE[family]))}.
+The base model learned from a teacher that added its decoy ({", ".join(map(str, tasks.FAMILY_DECOY["base"][family]))} more,
+`tasks.FAMILY_DECOY`) just as often, so only a verified success tells the two apart.
 
 ```
 {table([["prompt", *words(problem.prompt_ids)], ["", "", "", "", *("hard" if b >= tasks.BIG else "easy" for b in adds)]])}

@@ -340,21 +340,24 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
 
 
 def test_toy_families_have_their_own_rules():
-    """Each training problem is of its own family, its held-out twin of the same; the decoy sits
-    opposite the rule, and no feature of the offsets is shared: every residue mod MOD/2 serves as
-    many families, half of them with the lower offset as rule. Two opposite decoys cancel, so the
-    reward checks every value: no path with a decoy step is rewarded."""
-    adds = [9, 9, 9, 9, 9, 9]
-    assert len({tuple(tasks.toy_solve((f, 5, adds))[0]) for f in range(tasks.FAMILIES)}) == tasks.MOD
-    half = tasks.MOD // 2
-    assert all((d - r) % tasks.MOD == half for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY["base"]))
-    for residue in range(half):
-        rules = [r for r in tasks.FAMILY_RULE if r % half == residue]
-        assert len(rules) == tasks.FAMILIES // half and 2 * sum(r < half for r in rules) == len(rules)
-    assert all(r != d for r, d in zip(tasks.FAMILY_RULE, tasks.FAMILY_DECOY["other"]))
-    assert all(a != b for a, b in zip(*tasks.FAMILY_DECOY.values()))  # the other teacher errs otherwise
+    """Each training problem is of its own family, its held-out twin of the same, and uses the family's
+    whole table. No property of the values is shared by a family's entries: in every family half the
+    entries take the smaller value of their pair as rule and half the one ahead on the circle, and no
+    decoy sits opposite its rule. The other teacher errs where the base one does not. The reward
+    checks every value: no path with a decoy step is rewarded."""
+    big = range(tasks.BIG, tasks.MOD)
+    tables = {tuple(tasks.toy_solve((f, 5, list(big)))[0]) for f in range(tasks.FAMILIES)}
+    assert len(tables) == tasks.FAMILIES  # a table of its own
+    base, other = tasks.FAMILY_DECOY["base"], tasks.FAMILY_DECOY["other"]
+    for f in range(tasks.FAMILIES):
+        pairs = list(zip(tasks.FAMILY_RULE[f], base[f]))
+        assert len(pairs) == len(big) and all(r != d and (r - d) % tasks.MOD != tasks.MOD // 2 for r, d in pairs)
+        assert 2 * sum(r < d for r, d in pairs) == len(big)
+        assert 2 * sum(0 < (r - d) % tasks.MOD < tasks.MOD // 2 for r, d in pairs) == len(big)
+        assert all(o not in (r, d) for r, d, o in zip(tasks.FAMILY_RULE[f], base[f], other[f]))
     task = tasks.make_toy_task(12, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
     assert [p.meta["family"] for p in task.train] == [p.meta["family"] for p in task.heldout] == list(range(tasks.FAMILIES))
+    assert all(set(p.meta["params"][2]) >= set(big) for p in task.train + task.heldout)
     rng = np.random.default_rng(0)
     for teacher in tasks.TEACHERS:
         for p in task.train[:100]:
