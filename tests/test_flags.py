@@ -207,7 +207,7 @@ def test_toy_gpt2_context_must_fit_its_positions():
 
 
 def test_reproduce_and_plot_flags(tmp_path):
-    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 450 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
+    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 510 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("rl_n8",), extra="--eval-every 0", dry_run=True))
     with pytest.raises(utils.InputError, match="does not suit standard_rl.py .method rl_n8.: Unrecognized options: --cut-min"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
