@@ -10,9 +10,9 @@ It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, -
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
 p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H: the reward rate, since
-the reward checks every value. Also over the table entries that a shared feature would pick out (the
-rule the smaller or the larger value of its pair): a trained policy that learned such a feature
-shows a gap between the two groups.
+the reward checks every value. Also, over the families not learned (below 0.9), the table entries that a
+shared feature would pick out (the rule the smaller or the larger value of its pair): a trained policy
+that learned such a feature shows a gap between the two groups.
 """
 
 import os
@@ -41,13 +41,15 @@ def main(args: prefixrl.Args):
     print(f"p(right | easy step) = {np.mean(easy):.4f}")
     print(f"p(right | hard step) = {np.mean([v for vs in by_family.values() for v in vs]):.3f} overall; by family:")
     print("  " + "  ".join(f"F{f}:{np.mean(v):.2f}" for f, v in sorted(by_family.items())))
-    # a feature shared by families would split the table entries: those whose rule is the smaller value of its pair
-    # against those whose rule is the larger (every family has as many of each)
+    # a feature shared by families would split the table entries of the families not learned (mean p(right) below
+    # 0.9): those whose rule is the smaller value of its pair against those whose rule is the larger (every family has
+    # as many of each)
+    unlearned = {f for f, v in by_family.items() if np.mean(v) < 0.9}
+    print(f"  {len(by_family) - len(unlearned)} families at >= 0.9; the table entries of the other {len(unlearned)}:")
     for side, smaller in (("smaller", True), ("larger", False)):
-        ps = [np.mean(v) for (f, b), v in by_entry.items()
-              if (tasks.FAMILY_RULE[f][b - tasks.BIG] < tasks.FAMILY_DECOY["base"][f][b - tasks.BIG]) == smaller]
-        print(f"  table entries whose rule is the {side} value of its pair ({len(ps)}): mean {np.mean(ps):.2f}, "
-              f"{sum(p >= 0.9 for p in ps)} at >= 0.9")
+        ps = [np.mean(v) for (f, b), v in by_entry.items() if f in unlearned
+              and (tasks.FAMILY_RULE[f][b - tasks.BIG] < tasks.FAMILY_DECOY["base"][f][b - tasks.BIG]) == smaller]
+        print(f"    rule the {side} value of its pair ({len(ps)} entries): mean p(right) {np.mean(ps):.2f}")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
 
