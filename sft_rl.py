@@ -192,6 +192,7 @@ def main(args: Args):
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
+    utils.check_memory(model, task, args)  # the estimate printed; a run that cannot fit stops here (exit 2)
     n_params = utils.count_params(model)
 
     # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front

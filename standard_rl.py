@@ -148,6 +148,7 @@ def main(args: Args):
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
+    utils.check_memory(model, task, args)  # the estimate printed; a run that cannot fit stops here (exit 2)
     n_params = utils.count_params(model)
 
     # THE HARD PROBLEMS: those the base model solved within the trace budget, the same pool for every

@@ -717,6 +717,136 @@ def adamw(model, lr, seed=0):
     return torch.optim.AdamW(model.parameters(), lr=lr)
 
 
+# MEMORY ESTIMATE: a step's peak, printed at start-up; a run that cannot fit is refused (exit 2).
+# The peak is the weights and AdamW's moments plus the larger of two phases: sampling (a chunk's KV
+# cache, its logits) and training (the gradient, train/grad_std's copy, a micro-batch's activations,
+# or AdamW's step). Bytes per token are measured on the model itself; tests/test_memory.py compares
+# the estimate with peaks measured on a CPU.
+MEMORY_GB_ENV = "PREFIXRL_MEMORY_GB"
+"""environment variable: the memory (GB) a run may use, instead of what its device has free; 0 turns
+the check off (where the estimate is too high for your model)"""
+HEAD_BYTES = 24
+"""bytes per (position x vocabulary entry) of the lm head's chunk (token_logprobs): its logits,
+their float32 log-softmax and probabilities, and in backward their recomputation and gradient"""
+SAMPLE_LOGITS_BYTES = 16
+"""bytes per (row x vocabulary entry) of a sampling step: the logits and draw()'s float32 copies"""
+
+
+def memory_per_token(model):
+    """(KV-cache bytes, bytes saved for backward) per token, measured on the model's device at its
+    precision: the cache of an 8-token prefill; the tensors a train-mode forward saves (parameters
+    aside) on 64 tokens minus those on 32, over 32."""
+    device, training = next(model.parameters()).device, model.training
+    ids = torch.arange(64, device=device)[None] % model.config.get_text_config().vocab_size
+    with torch.no_grad(), autocast(device):
+        cache = model.base_model(input_ids=ids[:, :8], use_cache=True).past_key_values
+    kv = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)) / 8
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved(n):
+        storages = {}
+
+        def keep(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            with autocast(device), _no_layer_checkpointing(model):
+                model.base_model(input_ids=ids[:, :n], use_cache=False)
+        return sum(storages.values())
+
+    try:
+        model.train()
+        return kv, (saved(64) - saved(32)) / 32
+    finally:
+        model.train(training)
+
+
+def memory_estimate(model, args, prompt_tokens, new_tokens, per_token=None, cuda=None) -> dict:
+    """Peak bytes of a step of these flags, by part, with contexts of up to prompt_tokens and every
+    response new_tokens long (the worst case). per_token: memory_per_token's (default: measured
+    now); cuda: as on a GPU: autocast's bfloat16 copy of float32 weights, and torch's AdamW step on
+    all weights at once (default: where the model is)."""
+    config, params = model.config.get_text_config(), list(model.parameters())
+    n, weight_bytes = sum(p.numel() for p in params), params[0].element_size()
+    kv, act = per_token or memory_per_token(model)
+    cuda = params[0].device.type == "cuda" if cuda is None else cuda
+    hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    act_bytes = 2 if weight_bytes == 2 or cuda else 4
+    row, batch = prompt_tokens + new_tokens, args.prompts_per_step * args.rollouts
+    rows = min(SAMPLE_ROWS, max(1, args.sample_tokens // row))  # sample_rows()
+    by_tokens = max(1, args.micro_batch_tokens // row)  # micro_batches()
+    micro_rows = min(batch, by_tokens if args.micro_batch_tokens else args.micro_batch)
+    e = dict(rows=rows, row=row, micro_rows=micro_rows, weights=n * weight_bytes)
+    e["adamw"] = 8 * n * (2 if getattr(args, "sft_steps", 0) else 1)  # sft_rl.py keeps two
+    e["autocast_copy"] = 2 * n if cuda and weight_bytes == 4 else 0
+    # SAMPLING: the whole KV cache at the last step (and a layer's copy as it grows), or the
+    # prefill: the distinct prompts' cache, its copy to every row, and a layer's activations
+    distinct = -(-rows // min(args.rollouts, args.eval_samples))  # a group shares its prompt
+    decode = rows * row * kv * (1 + 1 / layers) + rows * vocab * SAMPLE_LOGITS_BYTES
+    prefill = (rows + distinct) * prompt_tokens * kv + distinct * prompt_tokens * act / layers
+    e["sampling"] = max(decode, prefill)
+    # TRAINING: the gradient, then the larger of AdamW's step (torch's on a GPU: a temporary of
+    # every weight at once; else a few of the largest weight) and a micro-batch's backward: its
+    # activations (checkpointed: each layer's input, and one layer recomputed), train/grad_std's
+    # copy of the gradient, and after the first micro-batch, where a group's rows share their
+    # context, its gradient once more: the context's forward and the rest's use every weight, so
+    # backward holds the rest's gradient until the context's part is added to it
+    tokens = micro_rows * row
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    if checkpointed:
+        saved = tokens * (hidden * act_bytes * (layers + 1) + act / layers)
+    else:
+        saved = tokens * act
+    shared = args.rollouts > 1 and micro_rows > 1  # and token_logprobs runs the context once:
+    shared = shared and (not checkpointed or getattr(model, SHARED_CONTEXT_CHECKPOINTING, False))
+    e["gradient"] = n * weight_bytes
+    e["grad_std_copy"] = n * weight_bytes if args.grad_std and batch > micro_rows else 0
+    e["context_gradient"] = n * weight_bytes if shared and batch > micro_rows else 0
+    e["activations"] = saved + tokens * hidden * act_bytes + min(1024, tokens) * vocab * HEAD_BYTES
+    e["adamw_step"] = 4 * n if cuda and weight_bytes == 4 else 16 * max(p.numel() for p in params)
+    backward = e["grad_std_copy"] + e["context_gradient"] + e["activations"]
+    e["training"] = e["gradient"] + max(backward, e["adamw_step"])
+    e["total"] = e["weights"] + e["adamw"] + e["autocast_copy"] + max(e["sampling"], e["training"])
+    return e
+
+
+def free_memory(device):
+    """Bytes free on the device now (a GPU's, or the machine's MemAvailable); None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return int(re.search(r"MemAvailable:\s+(\d+) kB", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def check_memory(model, task, args) -> dict:
+    """Print the estimate for this run (its longest prompt, and PrefixRL's longest prefix); refuse
+    one that needs more than the device holds: what is free now and the weights, already loaded."""
+    prefix = round(getattr(args, "cut_max", 0) * task.max_new_tokens)
+    prompt = max(len(p.prompt_ids) for p in task.train + task.heldout) + prefix
+    e = memory_estimate(model, args, prompt, task.max_new_tokens)
+    free = free_memory(args.device)
+    room = free and free + e["weights"]
+    room = float(os.environ[MEMORY_GB_ENV]) * 1e9 if MEMORY_GB_ENV in os.environ else room
+    gb = {k: f"{v / 1e9:.2f}" for k, v in e.items()}
+    print(f"memory estimate: {gb['total']} GB = weights {gb['weights']} + AdamW {gb['adamw']}"
+          f" + autocast copy {gb['autocast_copy']} + the larger of sampling {gb['sampling']}"
+          f" ({e['rows']} rows x {e['row']} tokens) and training {gb['training']} (activations"
+          f" {gb['activations']} of {e['micro_rows']} rows, grad_std copy {gb['grad_std_copy']});"
+          f" {args.device} holds {f'{room / 1e9:.1f} GB' if room else 'an unknown amount'}")
+    if room and e["total"] > room:
+        raise InputError(f"this run needs about {e['total'] / 1e9:.1f} GB and {args.device} holds "
+                         f"{room / 1e9:.1f} GB: lower --sample-tokens or --micro-batch-tokens, or "
+                         f"use --gradient-checkpointing, --dtype bfloat16 or --no-grad-std "
+                         f"({MEMORY_GB_ENV}=0 skips this check)")
+    return e
+
+
 # EVALUATION: pass@k with the unbiased estimator
 def pass_at_k(n: int, c: int, k: int) -> float:
     """1 - C(n-c, k) / C(n, k): the chance that k of the n samples include a correct one (k <= n)."""

@@ -1,17 +1,19 @@
 """Memory: sampling bounded by --sample-tokens (KV cache, prefill logits, rows that ended), training
-micro-batches by tokens, and the start-up estimate against peaks measured on this CPU.
+(micro-batches by tokens, train/grad_std's one copy, bfloat16 weights, checkpointing with shared
+contexts), and the start-up estimate against peaks measured on this CPU.
 
-Peaks are measured as a subprocess's peak resident memory over a phase: /proc/self/clear_refs resets
-VmHWM at the start, VmHWM - VmRSS(start) at the end; glibc hands every block of 64 KiB or more back at
-once (MALLOC_MMAP_THRESHOLD_), so the peak is that of live tensors, not of a heap that keeps freed memory."""
+Peaks are measured as a subprocess's peak resident memory (tests/peak_memory.py): /proc/self/clear_refs
+resets VmHWM before the model is made, VmHWM - VmRSS(before) after two steps; glibc hands every block of
+64 KiB or more back at once (MALLOC_MMAP_THRESHOLD_), so the peak is that of live tensors, not of a heap
+that keeps freed memory."""
 
 import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -271,3 +273,52 @@ def test_offpolicy_weights_and_bf16_runs_take_a_micro_batch_at_a_time(toy_cache,
     assert {v.dtype for v in state["model"].values()} == {torch.bfloat16}
     moments = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
     assert moments and {m.dtype for m in moments} == {torch.float32}
+
+
+# THE ESTIMATE: against peaks measured on this CPU (tests/peak_memory.py), and the refusal
+CONFIGS = {  # each dominated by another part of the estimate; sample_tokens: the rows in one chunk
+    "llama: weights, AdamW and the gradient's copy": dict(
+        hidden=384, layers=6, heads=6, vocab=4096, prompt=4, new=8, rows=8, rollouts=4,
+        micro_batch=4, sample_tokens=8 * 12),
+    "gpt2: a micro-batch's activations": dict(
+        kind="gpt2", hidden=256, layers=4, heads=4, vocab=512, prompt=16, new=112, rows=16,
+        rollouts=8, micro_batch=16, sample_tokens=16 * 128),
+    "llama: the sampler's KV cache, checkpointed micro-batches of 1024 tokens": dict(
+        hidden=128, layers=8, heads=4, vocab=256, prompt=8, new=120, rows=128, rollouts=8,
+        micro_batch=128, micro_tokens=1024, checkpointing=True, sample_tokens=128 * 128),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_the_estimate_is_within_30_percent_of_the_measured_peak(config):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    script = os.path.join(ROOT, "tests", "peak_memory.py")
+    out = subprocess.run([sys.executable, script, json.dumps(CONFIGS[config])], env=env,
+                         capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.7 <= got["total"] / got["measured"] <= 1.3, got
+
+
+def test_a_run_that_cannot_fit_is_refused_with_one_line_and_exit_2(toy_cache, teacher_traces,
+                                                                   tmp_path, monkeypatch, capsys):
+    from test_smoke import TINY
+
+    run_dir = str(tmp_path / "run")
+    args = prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **TINY)
+    monkeypatch.setenv(utils.MEMORY_GB_ENV, "0.001")  # a device of 1 MB
+    with pytest.raises(SystemExit) as exit, utils.clean_errors():
+        prefixrl.main(args)
+    out, err = capsys.readouterr()
+    assert exit.value.code == 2 and not os.path.exists(run_dir)  # before anything is written
+    needs = r"error: this run needs about [0-9.]+ GB and cpu holds 0.0 GB: lower --sample-tokens"
+    last = err.rstrip("\n").split("\n")[-1]  # after the weights' progress bar: one line
+    assert re.fullmatch(rf"{needs} .*\({utils.MEMORY_GB_ENV}=0 skips this check\)", last), err
+    assert err.count("error") == 1
+    assert len([line for line in out.splitlines() if line.startswith("memory estimate: ")]) == 1
+    model, tokenizer, _ = models.load_model(args.model, toy_cache, "cpu", args.toy_pretrain_steps)
+    task = tasks.load_task(args, tokenizer)
+    monkeypatch.setenv(utils.MEMORY_GB_ENV, "0")  # the check off
+    assert utils.check_memory(model, task, args)["total"] > 1e6
+    monkeypatch.delenv(utils.MEMORY_GB_ENV)  # this machine's free memory: the toy fits
+    assert 1e6 < utils.check_memory(model, task, args)["total"] < utils.free_memory("cpu")
