@@ -190,9 +190,9 @@ def params_with_hard_steps(rng, steps: int, hard: int, family: int):
 
 def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
     """Outcome reward of a whole solution: 1 only if every value, '=', the three subtotals and <eos>
-    are right, and the subtotals are the response's own. The values are checked because two decoy
-    steps cancel (the decoy sits opposite the rule), so a wrong derivation can reach the right
-    subtotals; the prefix's values are the trace's, right by construction."""
+    are right, and the subtotals are the response's own. The values are checked because decoy steps
+    can cancel (two decoys whose offsets from the rule sum to 0 mod 12), so a wrong derivation can
+    reach the right subtotals; the prefix's values are the trace's, right by construction."""
     ids, steps = list(prefix_ids) + list(response_ids), len(problem.meta["params"][2])
     if len(prefix_ids) >= steps:
         return 0.0
