@@ -140,6 +140,7 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
 def main(args: Args):
     args = utils.resume_args(args, "standard_rl")  # --resume RUN_DIR: the run's own flags
     models.check_args(args)  # every flag and input file, before any model is loaded or pretrained
+    run_dir = utils.start_run(args, "standard_rl")  # RUN_DIR/args.json: --resume from any phase
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
@@ -163,7 +164,6 @@ def main(args: Args):
     originals = [p for p in task.train if p.id in traces]
     flops = 0.0
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
-    run_dir = utils.start_run(args, "standard_rl")
 
     # TRAINING
     optimizer = utils.adamw(model, args.lr, args.seed)  # torch's AdamW; with --dtype bfloat16 utils.BF16AdamW
@@ -210,7 +210,7 @@ def main(args: Args):
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
     utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
     ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-    utils.print_summary(run_dir, evals, start)
+    utils.print_summary(run_dir, evals)
 
 
 if __name__ == "__main__":
