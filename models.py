@@ -83,7 +83,8 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     tmp = out_dir + f".tmp{os.getpid()}"
-    made = dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name, rules=tasks.RULES)
+    made = dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name,
+                rules=tasks.RULES)
     try:
         model.save_pretrained(tmp)
         tasks.toy_tokenizer().save_pretrained(tmp)

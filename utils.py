@@ -879,8 +879,8 @@ PARTIAL = ".partial"
 """a trace collection in progress: cache path + PARTIAL, rewritten after each round"""
 
 
-def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=SAMPLE_ROWS,
-                   model_id="", max_tokens=SAMPLE_TOKENS):
+def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
+                   batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
     at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
     drawn in the same batch after its first success. Returns (traces by problem id, total sampling
@@ -913,7 +913,8 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
             prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
             owners = [p for p, m in todo for _ in range(m)]
             responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature,
-                                         task.eos_id, task.pad_id, generator, batch_size, max_tokens)
+                                         task.eos_id, task.pad_id, generator, batch_size,
+                                         max_tokens)
             for p, resp, lp in zip(owners, responses, logprobs):
                 flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
                 if p.id in traces:  # past the first success: not an attempt
