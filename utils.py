@@ -733,6 +733,39 @@ def grad_change(model, before):
     return torch.stack(norms).double().pow(2).sum().item(), before
 
 
+class GradStd:
+    """train/grad_std: how much a batch's micro-batches disagree about the gradient. With K > 1
+    micro-batches, B/b_k times micro-batch k's gradient d_k (b_k of the B rows) is a full-batch
+    estimate g_k (sum_k b_k/B g_k = g = sum_k d_k), and grad_std = sqrt(sum_k b_k/B ||g_k - g||^2) =
+    sqrt(sum_k B/b_k ||d_k||^2 - ||g||^2) (K equal micro-batches: sqrt(K sum_k ||d_k||^2 - ||g||^2)).
+    add(b_k), after each micro-batch's backward, reads the accumulated gradient against one copy of
+    it (grad_change) and leaves it bit for bit as it is. value(): None when K = 1 or when off."""
+
+    def __init__(self, model, rows: int, micro_batches: int, on: bool = True):
+        self.model, self.rows, self.on = model, rows, on and micro_batches > 1
+        self.sq_norms, self.prev = 0.0, None
+
+    def add(self, rows: int):
+        if self.on:  # ||d_k||^2, d_k = the accumulated gradient now - before this micro-batch
+            sq, self.prev = grad_change(self.model, self.prev)
+            self.sq_norms += self.rows / rows * sq
+
+    def value(self):
+        if self.prev is None:
+            return None
+        return math.sqrt(max(self.sq_norms - sq_norm(self.prev), 0.0))
+
+
+def choose(rng, pool, n):
+    """n items of `pool` drawn at random by `rng`; with replacement only if the pool is smaller."""
+    return [pool[i] for i in rng.choice(len(pool), n, replace=len(pool) < n)]
+
+
+def mean(values):
+    """The mean of an array as a float; None when it is empty (a metric with nothing to average)."""
+    return float(values.mean()) if values.size else None
+
+
 class BF16AdamW(torch.optim.Optimizer):
     """AdamW (torch's update, weight decay 0.01 by default) for bfloat16 weights: its moments in float32
     and the new weight computed in float32, then rounded to bfloat16 stochastically (up with probability
@@ -817,6 +850,19 @@ def eval_pass_rates(model, task, problems, args, generator):
     train_pass, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
     heldout_pass, _ = evaluate(model, task, task.heldout, args.eval_samples, args.eval_temperature, generator, max_tokens=args.sample_tokens)
     return {"eval/train_pass@1": train_pass[1], "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
+
+
+def pass_given_prefix(model, task, problems, traces, f, args, generator):
+    """Back-generalization (PrefixRL's --prefixed-only): pass@1 on `problems` given the first f of
+    their traces' reasoning (task.reasoning_end), from --eval-samples samples at
+    --eval-temperature."""
+    contexts = []
+    for p in problems:
+        trace = traces[p.id].token_ids
+        contexts.append(p.prompt_ids + trace[: round(f * task.reasoning_end(p, trace))])
+    passed, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator,
+                         contexts=contexts, max_tokens=args.sample_tokens)
+    return passed[1]
 
 
 def print_summary(run_dir, evals):
