@@ -28,8 +28,8 @@ class Args:
     seed: int = 1
     """seed of this run (sampling, data order); base model, problems and traces have their own"""
     run_dir: Optional[str] = None
-    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go (default:
-    runs/<script>__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go
+    (default: runs/<script>__<seed>__<time>)"""
     save_every: int = 50
     """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and
     on SIGINT/SIGTERM"""
