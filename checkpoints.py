@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import torch
 
-from utils import CHECKPOINT, POLICY_DIR, InputError, write_atomic
+from utils import CHECKPOINT, POLICY_DIR, InputError, Stopped, close_progress_bars, write_atomic
 
 
 # CHECKPOINTS: --save-every, --resume, SIGINT/SIGTERM
@@ -29,10 +29,14 @@ class Checkpoints:
     each of ROW_FILES had, so a resume drops the rows logged after it and logs them again: on CPU the
     resumed run's metrics.jsonl and groups.jsonl are byte for byte the uninterrupted run's.
 
-    Written at step 0, every --save-every steps, at the last step, and when SIGINT or SIGTERM arrives:
-    the loop finishes its step, saves, and the process exits with 128 + the signal (130 / 143); a
-    second signal acts at once. A non-finite loss or gradient norm stops the run before the update,
-    with the last good checkpoint kept."""
+    Written at step 0, every --save-every steps, at the last step, and when SIGINT or SIGTERM
+    arrives after an update that no checkpoint holds: the loop finishes its step, saves, and the
+    process exits with 128 + the signal (130 / 143); a second signal acts at once. With no update
+    since the last checkpoint (in an evaluation, the final one included, or a step before its
+    update) the signal stops the run at once (utils.Stopped): the checkpoint holds all its work.
+    check_finite, called before each update, marks one. A non-finite loss or gradient norm stops
+    the run before the update, with the last good checkpoint kept. --resume of a run stopped before
+    its first checkpoint starts it again."""
 
     FORMAT = "prefixrl-checkpoint-v1"
 
@@ -40,14 +44,18 @@ class Checkpoints:
         self.run_dir, self.args, self.path = run_dir, args, os.path.join(run_dir, CHECKPOINT)
         with open(os.path.join(run_dir, "args.json")) as f:
             self.run_args = json.load(f)
-        self.saved, self.stop, self.handlers = None, None, {}
+        self.saved, self.stop, self.handlers, self.updated = None, None, {}, False
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame):
-        self.stop = signum
         self.close()  # the previous handlers again: a second signal stops at once
+        if not self.updated:  # the last checkpoint holds everything done
+            stopped, at = Stopped(signum), self.saved and self.label(self.saved)
+            stopped.add_note(f"no update since the checkpoint at {at} in {self.path}" if at else "")
+            raise stopped
+        self.stop = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint (send it again to stop at once)", file=sys.stderr)
 
     def close(self):
@@ -56,13 +64,16 @@ class Checkpoints:
         self.handlers = {}
 
     def begin(self, state: dict, step: int = 0, **values):
-        """A new run: write the step-0 checkpoint and return (step, *values) as given. --resume: load the
-        last checkpoint into `state`, cut ROW_FILES back to it, return its (step, *values)."""
-        if not self.args.resume:
-            self.save(state, step, **values)
-            return (step, *values.values())
+        """A new run: write the step-0 checkpoint and return (step, *values) as given. --resume:
+        load the last checkpoint into `state`, cut ROW_FILES back to it, return its (step,
+        *values); a run stopped before its first checkpoint starts again, as a new one."""
         for tmp in glob.glob(self.path + ".tmp*"):  # left by a run killed while saving
             os.remove(tmp)
+        if not self.args.resume or not os.path.exists(self.path):  # no rows yet (utils.resume_args)
+            if self.args.resume:
+                print(f"{self.run_dir} stopped before its first checkpoint: the run starts again")
+            self.save(state, step, **values)
+            return (step, *values.values())
         ckpt = self._load()
         if set(ckpt["state"]) != set(state) or set(ckpt["values"]) != set(values):
             raise InputError(f"checkpoint '{self.path}' holds {sorted(ckpt['state'])}, {sorted(ckpt['values'])}, not what {self.run_args['script']}.py saves; start a new run")
@@ -92,14 +103,17 @@ class Checkpoints:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            self.saved = ckpt
+            self.saved, self.updated = ckpt, False
         if self.stop:
             self.close()
+            close_progress_bars()
             print(f"checkpoint at {self.label(self.saved)} in {self.path}; continue with: python {self.run_args['script']}.py --resume {self.run_dir}", file=sys.stderr)
             sys.exit(128 + self.stop)
 
     def check_finite(self, where: str, **values):
-        """Stop before a NaN/inf loss or gradient norm reaches the weights; the last checkpoint stays."""
+        """Stop before a NaN/inf loss or gradient norm reaches the weights; the last checkpoint
+        stays. Called right before each update: from here on, no checkpoint holds the state."""
+        self.updated = True
         for name, v in values.items():
             if v is not None and not math.isfinite(v):
                 self.close()

@@ -8,9 +8,9 @@ from typing import Optional
 
 import numpy as np
 
-from rundirs import (OTHER_FAMILY, Method, aggregate, eval_series, final_mean, fmt, mean_std,
-                     pass_at_k_curve, pick, prefix_fracs, prefix_series, reach_flops, train_window,
-                     value)
+from rundirs import (OTHER_FAMILY, RL_NAME, Method, aggregate, eval_series, final_mean, fmt,
+                     mean_std, pass_at_k_curve, pick, prefix_fracs, prefix_series, reach_flops,
+                     train_window, value)
 
 
 # HELPERS
@@ -80,8 +80,8 @@ class Cast:
 
     @classmethod
     def of(cls, methods):
-        rl_all = sorted([m for m in methods if m.base.startswith("RL n=")],
-                        key=lambda m: int(m.base[5:]))
+        rl_all = sorted([m for m in methods if RL_NAME.fullmatch(m.base)],
+                        key=lambda m: int(RL_NAME.fullmatch(m.base)[1]))
         return cls(methods, rl8=pick(methods, "RL n=8") or (rl_all[0] if rl_all else None),
                    rl64=pick(methods, "RL n=64") or (rl_all[-1] if len(rl_all) > 1 else None),
                    sft=pick(methods, "SFT+RL"), pre=pick(methods, "PrefixRL"),

@@ -83,12 +83,17 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     tmp = out_dir + f".tmp{os.getpid()}"
-    model.save_pretrained(tmp)
-    tasks.toy_tokenizer().save_pretrained(tmp)
-    with open(os.path.join(tmp, "prefixrl_toy.json"), "w") as f:
-        json.dump(dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name, rules=tasks.RULES), f)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # atomic: a killed pretraining never leaves a half-written cache
+    made = dict(steps=steps, seed=seed, toy_steps=toy_steps, batch=batch, lr=lr, name=name,
+                rules=tasks.RULES)
+    try:
+        model.save_pretrained(tmp)
+        tasks.toy_tokenizer().save_pretrained(tmp)
+        with open(os.path.join(tmp, "prefixrl_toy.json"), "w") as f:
+            json.dump(made, f)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)  # atomic: a killed pretraining never leaves a half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # stopped while writing
 
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_models")
@@ -127,7 +132,11 @@ def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = 
     if not os.path.exists(marker):
         os.makedirs(cache_dir, exist_ok=True)
         t0 = time.time()
-        pretrain_toy(path, pretrain_steps, seed, toy_steps=length, name=name)
+        try:
+            pretrain_toy(path, pretrain_steps, seed, toy_steps=length, name=name)
+        except KeyboardInterrupt as e:
+            e.add_note("the toy base model's pretraining was not finished: nothing of it is cached")
+            raise
         print(f"pretrained toy base model in {time.time() - t0:.0f}s -> {path}")
     try:
         with open(marker) as f:
@@ -220,9 +229,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",),
-                   ("spiece.model",), ("sentencepiece.bpe.model",), ("tekken.json",))
-"""the files a Hugging Face tokenizer loads from, one group of them enough (fast, SentencePiece, BPE, WordPiece...)"""
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
+                   ("vocab.txt",), ("spiece.model",), ("sentencepiece.bpe.model",),
+                   ("tekken.json",))
+"""the files a Hugging Face tokenizer loads from, one group enough (fast, SentencePiece, BPE...)"""
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 """a sharded checkpoint's index: its weight_map names the shard files"""
 
@@ -233,34 +243,44 @@ def check_model_path(name: str):
     loaded or pretrained. Built-in names and hub ids pass: the hub is asked only at load."""
     if name in TOY_MODELS or name.lower() == SMOLLM2 or not _looks_local(name):
         return
-    path, made_by = os.path.expanduser(name), "save_pretrained writes them: model.save_pretrained(DIR), tokenizer.save_pretrained(DIR)"
+    path = os.path.expanduser(name)
     if not os.path.exists(path):
-        raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf file, a hub id, 'toy' or '{SMOLLM2}')")
+        raise InputError(f"model path '{name}' does not exist (give a local HF directory, a .gguf "
+                         f"file, a hub id, 'toy' or '{SMOLLM2}')")
     if os.path.isfile(path):
         if not path.endswith(".gguf"):
-            raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a local HF directory)")
+            raise InputError(f"model file '{name}' is not a .gguf file (give a .gguf file or a "
+                             f"local HF directory)")
         return
     files = set(os.listdir(path))
     if "config.json" not in files:
-        raise InputError(f"model directory '{name}' holds no config.json, so it is not a Hugging Face model (give a directory "
-                         f"written by save_pretrained, a .gguf file or a hub id)")
+        raise InputError(f"model directory '{name}' holds no config.json, so it is not a Hugging "
+                         f"Face model (give a directory written by save_pretrained, a .gguf file "
+                         f"or a hub id)")
     missing = []
     if not any(all(f in files for f in group) for group in TOKENIZER_FILES):
-        missing.append("tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json + merges.txt)")
+        missing.append("tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json + "
+                       "merges.txt)")
     for index in sorted(files & set(WEIGHT_INDEXES)):
         try:
             with open(os.path.join(path, index)) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"model directory '{name}': its {index} is unreadable ({type(e).__name__}); copy it again from the model's source") from None
+            why = type(e).__name__
+            raise InputError(f"model directory '{name}': its {index} is unreadable ({why}); copy "
+                             f"it again from the model's source") from None
         lost = [s for s in shards if s not in files]
         if lost:
-            missing.append(f"{len(lost)} of the {len(shards)} weight shards its {index} names ({lost[0]}...)")
+            missing.append(f"{len(lost)} of the {len(shards)} weight shards its {index} names "
+                           f"({lost[0]}...)")
     if not files & {"model.safetensors", "pytorch_model.bin", *WEIGHT_INDEXES}:
-        missing.append("weights (model.safetensors, pytorch_model.bin, or a sharded checkpoint's *.index.json and shards)")
+        missing.append("weights (model.safetensors, pytorch_model.bin, or a sharded checkpoint's "
+                       "*.index.json and shards)")
     if missing:
-        raise InputError(f"model directory '{name}' has config.json but lacks {' and '.join(missing)}; copy them from where the "
-                         f"model came from ({made_by})")
+        raise InputError(f"model directory '{name}' has config.json but lacks "
+                         f"{' and '.join(missing)}; copy them from where the model came from "
+                         f"(save_pretrained writes them: model.save_pretrained(DIR), "
+                         f"tokenizer.save_pretrained(DIR))")
 
 
 def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int = TOY_PRETRAIN_STEPS, toy_seed: int = 0, dtype=torch.float32,
@@ -326,17 +346,17 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
 
 
 def check_args(args):
-    """utils.check_args (every flag in its range, the combinations a run needs), then --model's files, the
-    task's and the base model's flags together, whose limits are tasks.py's and this file's, and the input
-    files: a --dataset is read, and a --traces file must be one that names some of the training problems.
-    bench/'s scripts with a --model run arith. The first bad one raises InputError, one line; no model is
-    loaded or pretrained."""
+    """utils.check_args (every flag in its range, the combinations a run needs), then --model's
+    files, the task's and the base model's flags together, whose limits are tasks.py's and this
+    file's, and the input files: a --dataset is read, and a --traces file must be one that names
+    some of the training problems. bench/'s scripts with a --model run arith. The first bad one
+    raises InputError, one line; no model is loaded or pretrained."""
     utils.check_args(args)
     if "model" in vars(args):
         check_model_path(args.model)
     if "model" in vars(args) or "level" in vars(args):
         _check_task_and_model(args)
-    if "task" in vars(args):  # the files: a --dataset is read, a --traces file must name its training problems
+    if "task" in vars(args):  # a --dataset is read, a --traces file must name its training problems
         ids = tasks.train_ids(args)
         if getattr(args, "traces", None):
             utils.load_traces(args.traces, problems=ids)

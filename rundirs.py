@@ -27,6 +27,8 @@ ONLY_FOR_TASK = {"level": ("arith",), "toy_pretrain_steps": ("toy",), "toy_lengt
 # a method run on traces from another model family (--traces FILE): paper Fig. 10
 OTHER_FAMILY_SUFFIX = ", other-family traces"
 OTHER_FAMILY = "PrefixRL" + OTHER_FAMILY_SUFFIX
+# standard RL with n rollouts on its own base model's pool (not "RL n=8, other-family traces")
+RL_NAME = re.compile(r"RL n=(\d+)")
 COLORS = {"PrefixRL": "tab:red", "PrefixRL prefixed-only": "tab:orange", "RL n=8": "tab:gray",
           "RL n=64": "black", "SFT+RL": "tab:blue", "Off-policy RL": "tab:green",
           "LUFFY": "tab:olive", OTHER_FAMILY: "maroon"}

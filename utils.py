@@ -11,7 +11,9 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Annotated
@@ -24,13 +26,53 @@ class InputError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop by signal: SIGTERM raises it wherever the program is (under clean_errors), as SIGINT
+    raises KeyboardInterrupt. The phase it stops may add a note on what it kept (e.add_note)."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def close_progress_bars():
+    """Close the progress bars a stop left open, so that its line is the last one printed (an open
+    bar is drawn again when the process exits)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 @contextlib.contextmanager
 def clean_errors():
+    """How the entry points end. Bad input: one line `error: ...`, exit 2, and a run dir that this
+    run made for nothing is removed again. SIGINT / SIGTERM: one line, exit 130 / 143, with what
+    the phase that stopped kept (its notes) and how to continue; the run dir stays for --resume."""
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
+    _run.clear()
     try:
         yield
     except InputError as e:
+        _remove_unstarted_run()
+        close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        close_progress_bars()
+        signum = getattr(e, "signum", signal.SIGINT)
+        kept = "".join(f"; {note}" for note in getattr(e, "__notes__", []) if note)
+        then = f"; continue with: python {_run['script']}.py --resume {_run['dir']}" if _run else ""
+        print(f"\n{signal.Signals(signum).name}: stopped{kept}{then}", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def autocast(device):
@@ -65,18 +107,25 @@ RESUME_MAY_CHANGE = ("threads", "device")
 TENSORBOARD_DIR = "tensorboard"
 _tensorboard = {}
 """run dir -> {subdir: SummaryWriter} for the runs started with --tensorboard (None until their first row)"""
+_run = {}
+"""this process's run (start_run): dir, script, start (time), new (not resumed), made (its dir)"""
 
 
 def write_atomic(path: str, text: str):
-    """Readers see the old file or the whole new one, never a part of it."""
+    """Readers see the old file or the whole new one, never a part of it (also after a stop)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def refuse_taken_run_dir(run_dir):
-    if run_dir and any(os.path.exists(os.path.join(run_dir, f)) for f in ("metrics.jsonl", CHECKPOINT)):
+    taken = ("args.json", "metrics.jsonl", CHECKPOINT)
+    if run_dir and any(os.path.exists(os.path.join(run_dir, f)) for f in taken):
         raise InputError(f"run dir '{run_dir}' already holds a run; continue it with --resume {run_dir}, or pick another --run-dir")
 
 
@@ -84,7 +133,8 @@ def resume_args(args, script: str):
     """Without --resume: `args` as given, but a --run-dir that already holds a run is refused. With
     --resume RUN_DIR: the run's own flags, read from RUN_DIR/args.json; only --threads and --device may
     be given again (any other flag that differs from its default is refused). A finished run (RUN_DIR/
-    policy exists) exits 0 at once."""
+    policy exists) exits 0 at once; one stopped before its first checkpoint starts again, with the
+    caches it made (the toy base model, the traces collected so far)."""
     if not getattr(args, "resume", None):
         refuse_taken_run_dir(args.run_dir)
         return args
@@ -111,15 +161,18 @@ def resume_args(args, script: str):
     if os.path.isdir(os.path.join(run_dir, POLICY_DIR)):
         print(f"run dir '{run_dir}' holds a finished run ({POLICY_DIR}/ is there): nothing to resume")
         sys.exit(0)
-    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        raise InputError(f"run dir '{run_dir}' has no {CHECKPOINT} (it stopped before writing one); start the run again with another --run-dir")
+    has = [f for f in (CHECKPOINT, "metrics.jsonl") if os.path.exists(os.path.join(run_dir, f))]
+    if has == ["metrics.jsonl"]:
+        raise InputError(f"run dir '{run_dir}' has metrics.jsonl but no {CHECKPOINT} (removed?), "
+                         f"so it cannot be continued; start the run again with another --run-dir")
     merged = {n: saved.get(n, getattr(defaults, n)) for n in names}
     merged.update({n: getattr(args, n) for n in RESUME_MAY_CHANGE if getattr(args, n) != getattr(defaults, n)})
     return type(args)(**dict(merged, resume=run_dir, run_dir=run_dir))
 
 
 def start_run(args, script: str) -> str:
-    """Make the run dir and write args.json; a resumed run keeps its own."""
+    """Make the run dir and write args.json, first thing after the checks, so that --resume
+    continues a run stopped in any phase; a resumed run keeps its own. Prints the run dir."""
     run_dir = args.run_dir or os.path.join("runs", f"{script}__{args.seed}__{int(time.time())}")
     if getattr(args, "tensorboard", False):
         try:
@@ -128,11 +181,27 @@ def start_run(args, script: str) -> str:
             raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         _tensorboard[run_dir] = None
     if getattr(args, "resume", None):
+        _run.update(dir=run_dir, script=script, start=time.time(), new=False, made=False)
+        print(f"{script}.py: continuing the run in {run_dir}")
         return run_dir
     refuse_taken_run_dir(run_dir)  # again: another run may have started there since resume_args
+    made = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     write_atomic(os.path.join(run_dir, "args.json"), json.dumps(dict(vars(args), run_dir=run_dir, script=script), indent=2))
+    _run.update(dir=run_dir, script=script, start=time.time(), new=True, made=made)
+    print(f"{script}.py: run dir {run_dir}")
     return run_dir
+
+
+def _remove_unstarted_run():
+    """After bad input: the args.json of a new run that stopped before its first checkpoint, and its
+    dir if this run made it, so that the same --run-dir can be given again with the input fixed."""
+    args_json = os.path.join(_run.get("dir", ""), "args.json")
+    checkpoint = os.path.join(_run.get("dir", ""), CHECKPOINT)
+    if _run.get("new") and os.path.exists(args_json) and not os.path.exists(checkpoint):
+        os.remove(args_json)
+        if _run["made"] and not os.listdir(_run["dir"]):
+            os.rmdir(_run["dir"])
 
 
 def log_metrics(run_dir: str, row: dict):
@@ -664,6 +733,39 @@ def grad_change(model, before):
     return torch.stack(norms).double().pow(2).sum().item(), before
 
 
+class GradStd:
+    """train/grad_std: how much a batch's micro-batches disagree about the gradient. With K > 1
+    micro-batches, B/b_k times micro-batch k's gradient d_k (b_k of the B rows) is a full-batch
+    estimate g_k (sum_k b_k/B g_k = g = sum_k d_k), and grad_std = sqrt(sum_k b_k/B ||g_k - g||^2) =
+    sqrt(sum_k B/b_k ||d_k||^2 - ||g||^2) (K equal micro-batches: sqrt(K sum_k ||d_k||^2 - ||g||^2)).
+    add(b_k), after each micro-batch's backward, reads the accumulated gradient against one copy of
+    it (grad_change) and leaves it bit for bit as it is. value(): None when K = 1 or when off."""
+
+    def __init__(self, model, rows: int, micro_batches: int, on: bool = True):
+        self.model, self.rows, self.on = model, rows, on and micro_batches > 1
+        self.sq_norms, self.prev = 0.0, None
+
+    def add(self, rows: int):
+        if self.on:  # ||d_k||^2, d_k = the accumulated gradient now - before this micro-batch
+            sq, self.prev = grad_change(self.model, self.prev)
+            self.sq_norms += self.rows / rows * sq
+
+    def value(self):
+        if self.prev is None:
+            return None
+        return math.sqrt(max(self.sq_norms - sq_norm(self.prev), 0.0))
+
+
+def choose(rng, pool, n):
+    """n items of `pool` drawn at random by `rng`; with replacement only if the pool is smaller."""
+    return [pool[i] for i in rng.choice(len(pool), n, replace=len(pool) < n)]
+
+
+def mean(values):
+    """The mean of an array as a float; None when it is empty (a metric with nothing to average)."""
+    return float(values.mean()) if values.size else None
+
+
 class BF16AdamW(torch.optim.Optimizer):
     """AdamW (torch's update, weight decay 0.01 by default) for bfloat16 weights: its moments in float32
     and the new weight computed in float32, then rounded to bfloat16 stochastically (up with probability
@@ -880,13 +982,36 @@ def eval_pass_rates(model, task, problems, args, generator):
     return {"eval/train_pass@1": train_pass[1], "eval/heldout_pass@1": heldout_pass[1], "eval/heldout_pass@8": heldout_pass.get(8)}
 
 
-def print_summary(run_dir, evals, start):
-    """A run's last line: its final evaluation (`evals`, the last eval row) and where its metrics are.
-    pass@8 is shown only where it was measured (--eval-samples >= 8)."""
-    pass8 = evals.get("eval/heldout_pass@8")
-    print(f"done in {time.time() - start:.0f}s: train pass@1 {evals['eval/train_pass@1']:.3f}, "
-          f"held-out pass@1 {evals['eval/heldout_pass@1']:.3f}"
-          + ("" if pass8 is None else f", pass@8 {pass8:.3f}") + f"; metrics in {run_dir}/metrics.jsonl")
+def pass_given_prefix(model, task, problems, traces, f, args, generator):
+    """Back-generalization (PrefixRL's --prefixed-only): pass@1 on `problems` given the first f of
+    their traces' reasoning (task.reasoning_end), from --eval-samples samples at
+    --eval-temperature."""
+    contexts = []
+    for p in problems:
+        trace = traces[p.id].token_ids
+        contexts.append(p.prompt_ids + trace[: round(f * task.reasoning_end(p, trace))])
+    passed, _ = evaluate(model, task, problems, args.eval_samples, args.eval_temperature, generator,
+                         contexts=contexts, max_tokens=args.sample_tokens)
+    return passed[1]
+
+
+def print_summary(run_dir, evals):
+    """A run's last line: the wall time of every phase of this process (model, traces, training,
+    final evaluation), its final evaluation (`evals`, the last eval row; pass@8 when it had 8
+    samples) and where the results are."""
+    took = duration(time.time() - _run["start"]) + ("" if _run["new"] else " since --resume")
+    pass8 = evals["eval/heldout_pass@8"]
+    print(f"done in {took}: train pass@1 {evals['eval/train_pass@1']:.3f}, held-out pass@1 "
+          f"{evals['eval/heldout_pass@1']:.3f}" + ("" if pass8 is None else f", pass@8 {pass8:.3f}")
+          + f"; results in {run_dir}/: metrics.jsonl, final_eval.json, {POLICY_DIR}/")
+
+
+def duration(seconds: float) -> str:
+    """83s, 4m 05s, 1h 09m"""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def save_final_eval(run_dir, model, task, train_problems, n, temperature, generator, max_tokens=SAMPLE_TOKENS):
@@ -926,75 +1051,117 @@ def trace_cache_path(cache_dir, model_id, task, budget, seed):
     return os.path.join(cache_dir, f"traces-{task.name}-{tag}-b{budget}-s{seed}.json")
 
 
-def collect_traces(model, task, problems, budget, temperature, seed, cache_path, batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
+PARTIAL = ".partial"
+"""a trace collection in progress: cache path + PARTIAL, rewritten after each round"""
+
+
+def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
+                   batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
     at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
-    drawn in the same batch after its first success. Returns (traces by problem id, total sampling FLOPs)."""
+    drawn in the same batch after its first success. Returns (traces by problem id, total sampling
+    FLOPs). After each round of batches, the collection so far (traces, each problem's attempts and
+    FLOPs, the sampler's RNG state) goes to cache_path + PARTIAL: a collection stopped by a signal
+    (or killed) goes on from its last round and ends with the traces of one that never stopped."""
     from tqdm import tqdm
 
     key = dict(model=model_id, task=task.fingerprint, budget=budget, temperature=temperature, seed=seed,
                problems=hashlib.sha256("".join(p.id for p in problems).encode()).hexdigest()[:16])
     if os.path.exists(cache_path):
         return load_traces(cache_path, key)
-    generator = torch.Generator().manual_seed(seed)
+    partial, generator = cache_path + PARTIAL, torch.Generator().manual_seed(seed)
     n_params, traces = count_params(model), {}
     attempts, flops = {p.id: 0 for p in problems}, {p.id: 0.0 for p in problems}
-    bar = tqdm(total=len(problems) * budget, desc="rejection sampling", mininterval=2)
-    while True:
-        active = [p for p in problems if p.id not in traces and attempts[p.id] < budget]
-        if not active:
-            break
-        per = max(1, min(batch_size // len(active), budget))
-        todo = [(p, min(per, budget - attempts[p.id])) for p in active]
-        prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
-        owners = [p for p, m in todo for _ in range(m)]
-        responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, batch_size, max_tokens)
-        for p, resp, lp in zip(owners, responses, logprobs):
-            flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
-            if p.id in traces:  # past the first success: not an attempt
-                continue
-            attempts[p.id] += 1
-            if task.reward(p, [], resp) > 0:
-                traces[p.id] = Trace(p.id, resp, task.decode(resp), attempts[p.id], 0.0, lp, temperature)
-        bar.update(len(prompts))
-        bar.set_postfix(found=len(traces), active=len(active))
-    bar.close()
+    if os.path.exists(partial):  # a collection that stopped: on from its last round
+        traces, attempts, flops, rng_state = _load_partial(partial, key)
+        generator.set_state(rng_state)
+        print(f"trace collection goes on from {partial}: {len(traces)} traces so far")
+    kept, total = len(traces), len(problems) * budget
+    bar = tqdm(total=total, initial=sum(attempts.values()), desc="rejection sampling",
+               mininterval=2)
+    try:
+        while True:
+            active = [p for p in problems if p.id not in traces and attempts[p.id] < budget]
+            if not active:
+                break
+            per = max(1, min(batch_size // len(active), budget))
+            todo = [(p, min(per, budget - attempts[p.id])) for p in active]
+            prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
+            owners = [p for p, m in todo for _ in range(m)]
+            responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature,
+                                         task.eos_id, task.pad_id, generator, batch_size,
+                                         max_tokens)
+            for p, resp, lp in zip(owners, responses, logprobs):
+                flops[p.id] += 2 * n_params * (len(p.prompt_ids) + len(resp))  # drawn, so paid for
+                if p.id in traces:  # past the first success: not an attempt
+                    continue
+                attempts[p.id] += 1
+                if task.reward(p, [], resp) > 0:
+                    text = task.decode(resp)
+                    traces[p.id] = Trace(p.id, resp, text, attempts[p.id], 0.0, lp, temperature)
+            bar.update(len(prompts))
+            bar.set_postfix(found=len(traces), active=len(active))
+            rng_state = generator.get_state().tolist()
+            save_traces(partial, key, traces, attempts, flops, generator=rng_state)
+            kept = len(traces)
+    except KeyboardInterrupt as e:  # `partial` holds the last round's collection
+        done = os.path.exists(partial)
+        e.add_note(f"trace collection kept its {kept} traces so far and each problem's attempts "
+                   f"in {partial}" if done else "trace collection had finished no round")
+        raise
+    finally:
+        bar.close()
     for pid, t in traces.items():
         t.flops = flops[pid]
     save_traces(cache_path, key, traces, attempts, flops)
+    if os.path.exists(partial):
+        os.remove(partial)
     return traces, sum(flops.values())
 
 
-TRACES_FORMAT = "prefixrl-traces-v2"
+def _load_partial(path, key):
+    """A collection in progress: (traces, attempts, FLOPs per problem, the sampler's RNG state)."""
+    traces, _ = load_traces(path, key)
+    with open(path) as f:
+        data = json.load(f)
+    if not (isinstance(data.get("attempts"), dict) and isinstance(data.get("generator"), list)):
+        raise InputError(f"trace collection in progress '{path}' has no attempts or RNG state; "
+                         f"delete it to collect again")
+    rng_state = torch.tensor(data["generator"], dtype=torch.uint8)
+    return traces, data["attempts"], data["flops"], rng_state
+
+
+TRACES_FORMAT, TRACES_FORMAT_V1 = "prefixrl-traces-v2", "prefixrl-traces-v1"
 """v2 adds each trace's temperature and the sampling FLOPs of every problem tried; v1 files still load"""
 
 
-def save_traces(path, key, traces, attempts, flops):
+def save_traces(path, key, traces, attempts, flops, **extra):
     """`attempts` and `flops`: per problem id, for every problem tried (found or not)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_atomic(path, json.dumps(dict(format=TRACES_FORMAT, key=key, total_flops=sum(flops.values()), attempts=attempts,
-                                       flops=flops, traces=[asdict(t) for t in traces.values()])))
+    data = dict(format=TRACES_FORMAT, key=key, total_flops=sum(flops.values()), attempts=attempts,
+                flops=flops, traces=[asdict(t) for t in traces.values()], **extra)
+    write_atomic(path, json.dumps(data))
 
 
-TRACES_SOURCE = "a traces-*.json that a run wrote in its --cache-dir, or reproduce.py's --collect-traces-to"
+TRACES_SOURCE = "a traces-*.json of a --cache-dir, or reproduce.py's --collect-traces-to"
 """where a traces file comes from, named when a --traces file is refused"""
 _NUMBER = (int, float)
 TRACE_FIELDS = {
     "problem_id": (lambda v: isinstance(v, str), "a string"),
-    "token_ids": (lambda v: isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v),
-                  "a non-empty list of token ids"),
+    "token_ids": (lambda v: isinstance(v, list) and v and all(isinstance(i, int) for i in v)
+                  and min(v) >= 0, "a non-empty list of token ids"),
     "text": (lambda v: isinstance(v, str), "a string"),
     "attempts": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "flops": (lambda v: isinstance(v, _NUMBER), "a number"),
     "behaviour_logprobs": (lambda v: isinstance(v, list), "a list"),
     "temperature": (lambda v: isinstance(v, _NUMBER) and v > 0, "a number > 0"),
 }
-"""a trace's fields (Trace's), each with its test and what it must be; files of format v1 have no temperature"""
+"""a trace's fields, each with its test and what it must be (format v1 has no temperature)"""
 
 
 def traces_file_problem(data):
-    """What keeps `data`, a parsed JSON file, from being a prefixrl traces file, in a few words; None if nothing."""
-    if not isinstance(data, dict) or data.get("format") not in (TRACES_FORMAT, "prefixrl-traces-v1"):
+    """What keeps `data`, a parsed JSON file, from being a prefixrl traces file; None if nothing."""
+    if not isinstance(data, dict) or data.get("format") not in (TRACES_FORMAT, TRACES_FORMAT_V1):
         return f'no "format": "{TRACES_FORMAT}"'
     if not isinstance(data.get("key"), dict) or not isinstance(data.get("total_flops"), _NUMBER):
         return 'no "key" object or "total_flops" number'
@@ -1008,8 +1175,10 @@ def traces_file_problem(data):
             return f"trace {i} is not an object"
         unknown = sorted(set(t) - set(TRACE_FIELDS))
         missing = [k for k in TRACE_FIELDS if k not in t and k != "temperature"]
-        if unknown or missing:
-            return f"trace {i} has {'no field ' + missing[0] if missing else 'an unknown field ' + unknown[0]}"
+        if missing:
+            return f"trace {i} has no field {missing[0]}"
+        if unknown:
+            return f"trace {i} has an unknown field {unknown[0]}"
         bad = next((k for k, (ok, _) in TRACE_FIELDS.items() if k in t and not ok(t[k])), None)
         if bad:
             return f"trace {i}'s {bad} must be {TRACE_FIELDS[bad][1]}"
@@ -1019,50 +1188,55 @@ def traces_file_problem(data):
 def load_traces(path, key=None, problems=None):
     """Read a traces file; with `key`, it is a cache that must have been collected for exactly this
     model/task/budget; with `problems` (Problems or their ids), it must hold traces for some of them
-    (others are ignored). Returns (traces, FLOPs charged): the sampling FLOPs of the problems asked for
-    (all the file's without `problems`), failed ones included where the file records them (v2); a v1
-    file records only its traces' FLOPs per problem, so its failed problems are not charged. A bad file
-    stops with one line: a cache is deleted and collected again, a file the user gave is not."""
+    (others are ignored). Returns (traces, FLOPs charged): the sampling FLOPs of the problems asked
+    for (all the file's without `problems`), failed ones included where the file records them (v2);
+    a v1 file records only its traces' FLOPs per problem, so its failed problems are not charged. A
+    bad file stops with one line: a cache is deleted and collected again, a user's file is not."""
     fix = "delete it to re-collect" if key is not None else f"give {TRACES_SOURCE}"
     try:
         with open(path) as f:
             data = json.load(f)
     except OSError as e:
-        raise InputError(f"traces file '{path}' cannot be read ({e.strerror or type(e).__name__})") from None
+        why = e.strerror or type(e).__name__
+        raise InputError(f"traces file '{path}' cannot be read ({why})") from None
     except ValueError as e:  # UnicodeDecodeError too
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise InputError(f"traces file '{path}' is not JSON ({type(e).__name__}{where}); {fix}") from None
+        at = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        why = type(e).__name__ + at
+        raise InputError(f"traces file '{path}' is not JSON ({why}); {fix}") from None
     why = traces_file_problem(data)
     if why:
         raise InputError(f"traces file '{path}' is not a prefixrl traces file ({why}); {fix}")
     traces = {t["problem_id"]: Trace(**t) for t in data["traces"]}
     flops = data.get("flops", {pid: t.flops for pid, t in traces.items()})
     if key is not None and data["key"] != key:
-        diff = sorted(k for k in key if data["key"].get(k) != key[k])
-        raise InputError(f"traces file '{path}' was collected for a different {'/'.join(diff)}; {fix}")
+        diff = "/".join(sorted(k for k in key if data["key"].get(k) != key[k]))
+        raise InputError(f"traces file '{path}' was collected for a different {diff}; {fix}")
     if problems is not None:
         ids = [p if isinstance(p, str) else p.id for p in problems]
         wanted = set(ids)
         if not traces:
-            raise InputError(f"traces file '{path}' holds no traces (its collection found none); give a file with at least "
-                             f"one correct trace for these problems")
+            raise InputError(f"traces file '{path}' holds no traces (its collection found none); "
+                             f"give a file with at least one correct trace for these problems")
         if not wanted & set(traces):
-            raise InputError(f"traces file '{path}' holds traces for other problems: none of its {len(traces)} problem ids "
-                             f"(such as '{next(iter(traces))}') is one of the {len(ids)} training problems here (such as "
-                             f"'{ids[0]}'); give traces collected for this task, with the same task flags (--task, --n-train, --task-seed...)")
+            raise InputError(f"traces file '{path}' holds traces for other problems: none of its "
+                             f"{len(traces)} problem ids (such as '{next(iter(traces))}') is one "
+                             f"of the {len(ids)} training problems here (such as '{ids[0]}'); give "
+                             f"traces collected for this task, with the same task flags (--task, "
+                             f"--n-train, --task-seed...)")
         traces = {pid: t for pid, t in traces.items() if pid in wanted}
         flops = {pid: v for pid, v in flops.items() if pid in wanted}
     return traces, float(sum(flops.values()))
 
 
 def no_trace_found(args, n_problems) -> InputError:
-    """The scripts' error when rejection sampling found no trace at all: what makes one likelier for this task."""
+    """The scripts' error when rejection sampling found no trace at all: what makes one likelier."""
     if args.dataset or args.task.endswith(".jsonl"):
         easier = f"give easier problems than those of {args.dataset or args.task}"
     else:
         easier = "lower --level" if args.task == "arith" else "lower --hard-min and --hard-max"
-    return InputError(f"no correct trace found for any of {n_problems} problems within --trace-budget {args.trace_budget} "
-                      f"samples each; raise --trace-budget, or {easier}")
+    return InputError(f"no correct trace found for any of {n_problems} problems within "
+                      f"--trace-budget {args.trace_budget} samples each; raise --trace-budget, or "
+                      f"{easier}")
 
 
 def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):

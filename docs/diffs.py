@@ -20,27 +20,31 @@ OUT = os.path.join(ROOT, "docs", "diffs.md")
 BASE = "standard_rl.py"
 SCRIPTS = ("prefixrl.py", "sft_rl.py", "offpolicy_rl.py")
 CONTEXT = 1  # unchanged lines shown around each change
-MAX_CHANGED = 100  # the project's bound on each diff: the algorithms differ in few lines
+# the project's bounds on each diff (changed lines of <= 100 characters): PrefixRL differs in few;
+# SFT+RL adds a whole phase and off-policy RL its importance weights
+MAX_CHANGED = {"prefixrl.py": 70, "sft_rl.py": 125, "offpolicy_rl.py": 125}
 
 NOTES = {
     "prefixrl.py": [
         ("PrefixRL: on-policy RL on hard problems",
-         "The method in one paragraph: prefixes of one correct trace per problem, a 3:1 mix of prefixed and original problems, and REINFORCE with the loss masked on the prefix."),
+         "The script's run commands and the method in one paragraph: prefixes of one correct trace per problem, a 3:1 mix of prefixed and original problems, and REINFORCE with the loss masked on the prefix."),
         ("cuts_per_trace: int",
          "PrefixRL's flags: where each trace is cut (3 fixed cuts in 40-80% of its reasoning) and what share of each step's prompts is prefixed."),
         ('resume_args(args, "prefixrl")',
-         "The script's own name, which `--resume` checks against the run dir's."),
-        ("OFF-POLICY TRACES: one correct trace",
-         "Standard RL uses the traces only to choose its pool of problems; PrefixRL trains on them, so it pays for them."),
+         "The script's own name, which `--resume` checks against the run dir's and which names the run."),
         ("PREFIXED PROBLEMS: fixed token-level cuts",
-         "The FLOPs start at the traces' sampling cost, and each trace is cut once into fixed prefixes: the (problem, prefix) pairs of the whole run."),
-        ("back-generalization: pass@1 given the first f",
+         "Standard RL uses the traces only to choose its pool of problems; PrefixRL trains on them, so its FLOPs start at their sampling cost. Each trace is cut once into fixed prefixes: the (problem, prefix) pairs of the whole run, `n_prefixed` of them in each step."),
+        ('desc="PrefixRL"',
+         "The progress bar's name."),
+        ("if args.prefixed_only else ():  # back-generalization",
          "With `--prefixed-only`, each evaluation also measures pass@1 given the first 20-80% of each trace's reasoning (back-generalization, paper §4)."),
         ("ROLLOUTS: n per prompt, from a 3:1 mix",
-         "Each step draws prefixed and original prompts 3:1 in a shuffled order; a prefixed prompt's context is the problem's prompt followed by the prefix, and the reward refuses an answer that sits in the prefix."),
+         "Each step draws prefixed and original prompts 3:1 in a shuffled order; a prefixed prompt's context is the problem's prompt followed by the prefix, which the policy continues."),
+        ("the answer must be the response's own",
+         "The verifier scores the response alone: each prefix ends before its trace's answer, and is never scored."),
         ("THE PREFIX MASK",
          "The prefix mask: the prefix is in the context, not the response, so `make_batch` gives it `loss_mask` 0 like the prompt, and the gradient comes only from tokens the policy sampled."),
-        ("group_prefixed = np.array",
+        ("plain = np.array(prefix_tokens) == 0",
          "The metrics also report the original (no-prefix) groups alone, the numbers to compare with standard RL's."),
     ],
     "sft_rl.py": [
@@ -51,11 +55,9 @@ NOTES = {
         ("def sft_backward",
          "SFT's pieces: the token-mean cross-entropy on trace tokens, the held-out traces' NLL that stops SFT, and the entropy of fresh rollouts measured as RL measures it."),
         ('resume_args(args, "sft_rl")',
-         "The script's own name, which `--resume` checks against the run dir's."),
-        ("OFF-POLICY TRACES: one correct trace",
-         "SFT trains on the traces, so this method pays for them."),
+         "The script's own name, which `--resume` checks against the run dir's and which names the run."),
         ("flops = trace_flops",
-         "The FLOPs start at the traces' sampling cost."),
+         "SFT trains on the traces, so this method pays for them: the FLOPs start at their sampling cost."),
         ("sft_optimizer = utils.adamw",
          "The SFT phase: its own optimizer, a held-out share of the traces, next-token steps on the rest until the held-out NLL stops falling, then RL from step 0 (or where a resumed run's RL stopped)."),
         ('phase="rl"',
@@ -71,17 +73,17 @@ NOTES = {
         ("and the importance weights",
          "Each token's weight in the loss is multiplied by its importance weight (1 on the on-policy rollouts' tokens)."),
         ('resume_args(args, "offpolicy_rl")',
-         "The script's own name, which `--resume` checks against the run dir's."),
-        ("OFF-POLICY TRACES: one correct trace",
-         "The traces join the groups, so this method pays for them."),
+         "The script's own name, which `--resume` checks against the run dir's and which names the run."),
         ("importance weights need each trace token's behaviour log-prob",
-         "Traces without per-token behaviour log-probs (re-tokenized from another model) are refused unless `--shaping`, and the FLOPs start at the traces' sampling cost."),
+         "Traces without per-token behaviour log-probs (re-tokenized from another model) are refused unless `--shaping`; the traces join the groups, so this method pays for them: the FLOPs start at their sampling cost."),
         ('desc="off-policy RL"',
          "The progress bar's name."),
         ("ROLLOUTS: n - 1 per prompt",
          "Each group is n - 1 samples and the problem's stored trace."),
         ("IMPORTANCE WEIGHTS of the trace tokens",
          "The trace is each group's last row, and its tokens get importance weights from their stored behaviour log-probs and the policy's log-probs at the sampling temperature."),
+        ("token_weights, args.micro_batch_tokens",
+         "The loss takes the importance weights."),
         ("trace rows' weights",
          "The metrics describe the on-policy rollouts (the trace is not a sample) and the range of the importance weights."),
     ],
@@ -162,7 +164,8 @@ def render(texts=None, notes=NOTES):
     for script in SCRIPTS:
         script_hunks = hunks(base, texts[script].splitlines())
         n_changed = sum(tag != " " for _, ops in script_hunks for tag, _ in ops)
-        counts.append(f"| `{script}` | {len(texts[script].splitlines())} | {n_changed} | {len(script_hunks)} |")
+        counts.append(f"| `{script}` | {len(texts[script].splitlines())} | {n_changed} | {MAX_CHANGED[script]} "
+                      f"| {len(script_hunks)} |")
         parts = [f"## `{script}`: {n_changed} changed lines\n", f"`diff {BASE} {script}`, hunk by hunk.\n"]
         for k, ((header, ops), note) in enumerate(zip(script_hunks, annotate(script, script_hunks, notes[script])), 1):
             body = "\n".join(f"{tag}{line}".rstrip() for tag, line in ops)
@@ -174,11 +177,11 @@ The four scripts are the same program except where the algorithms differ, so eac
 against standard RL. Each hunk below comes with a note on what it does for the algorithm. This page is
 generated by `python docs/diffs.py` from the scripts, and `tests/test_docs.py` fails when it is not
 current. `-` lines are `{BASE}`'s, `+` lines the other script's; a shortest diff, so the counts are those of
-`diff {BASE} X.py | grep -c '^[<>]'` (at most {MAX_CHANGED} each, also checked by the tests).
+`diff {BASE} X.py | grep -c '^[<>]'` (at most the bound below, also checked by the tests).
 
-| script | lines | changed lines against `{BASE}` | hunks |
-| --- | --- | --- | --- |
-| `{BASE}` | {len(base)} | | |
+| script | lines | changed lines against `{BASE}` | at most | hunks |
+| --- | --- | --- | --- | --- |
+| `{BASE}` | {len(base)} | | | |
 """ + "\n".join(counts) + "\n"
     return "\n".join([head, *sections])
 

@@ -25,8 +25,9 @@ import utils  # noqa: E402
 
 OUT = os.path.join(ROOT, "docs", "worked-example.md")
 PREFIXRL_LINES = """\
-contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
-rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
+prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
+contexts = [p.prompt_ids + prefix for p, prefix in prompts]
+rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip(prompts, responses)]
 advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
 ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)"""
 """prefixrl.py's lines that build a step's batch, quoted on the page; render() refuses to run if prefixrl.py
@@ -117,11 +118,12 @@ positions differ; here this problem is the only one.) Each (problem, prefix) pai
 
     # ONE STEP'S BATCH: prefixrl.py's lines, for one prefixed and one original prompt
     batch = [max(cuts, key=lambda c: len(c[1])), (problem, [])]
-    contexts = [p.prompt_ids + prefix for p, prefix in batch for _ in range(args.rollouts)]
+    prompts = [b for b in batch for _ in range(args.rollouts)]
+    contexts = [p.prompt_ids + prefix for p, prefix in prompts]
     for seed in itertools.count():  # the first seed of the stand-in rollouts whose prefixed group has a success
         rng = np.random.default_rng(seed)
         responses = [teacher_rollout(p, prefix, rng) for p, prefix in batch for _ in range(args.rollouts)]
-        rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip([b for b in batch for _ in range(args.rollouts)], responses)]
+        rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip(prompts, responses)]
         if any(rewards[: args.rollouts]):
             break
     advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)

@@ -104,78 +104,95 @@ def test_script_flag_refused_before_loading(script, flags, message, tmp_path, no
 
 
 # INPUT FILES: read at start-up too, each refusal naming the fix for that file
+def first_trace(data, **change):
+    return json.dumps(dict(data, traces=[dict(data["traces"][0], **change)]))
+
+
 TRACES_DAMAGE = {
     "not JSON": lambda data: "not json {",
     "no format": lambda data: json.dumps([data]),
-    "a bad trace": lambda data: json.dumps(dict(data, traces=[dict(data["traces"][0], attempts=0)])),
-    "an unknown field": lambda data: json.dumps(dict(data, traces=[dict(data["traces"][0], colour="red")])),
+    "a bad trace": lambda data: first_trace(data, attempts=0),
+    "an unknown field": lambda data: first_trace(data, colour="red"),
 }
+NOT_TRACES, GIVE = r"is not a prefixrl traces file", r"; give a traces-\*.json of a --cache-dir"
 
 
 @pytest.mark.parametrize("script,damage,message", [
-    ("prefixrl", "not JSON", r"is not JSON \(JSONDecodeError at line 1 column 1\); give a traces-\*.json that a run wrote in"),
-    ("standard_rl", "no format", r'is not a prefixrl traces file \(no "format": "prefixrl-traces-v2"\); give a traces-'),
-    ("sft_rl", "a bad trace", r"is not a prefixrl traces file \(trace 0's attempts must be an integer >= 1\)"),
-    ("offpolicy_rl", "an unknown field", r"is not a prefixrl traces file \(trace 0 has an unknown field colour\)"),
+    ("prefixrl", "not JSON", r"is not JSON \(JSONDecodeError at line 1 column 1\)" + GIVE),
+    ("standard_rl", "no format", NOT_TRACES + r' \(no "format": "prefixrl-traces-v2"\)' + GIVE),
+    ("sft_rl", "a bad trace", NOT_TRACES + r" \(trace 0's attempts must be an integer >= 1\)"),
+    ("offpolicy_rl", "an unknown field", NOT_TRACES + r" \(trace 0 has an unknown field colour\)"),
 ])
-def test_bad_traces_file_is_refused_before_loading(script, damage, message, teacher_traces, tmp_path, no_model_loading):
+def test_bad_traces_file_is_refused_before_loading(script, damage, message, teacher_traces,
+                                                   tmp_path, no_model_loading):
     path = tmp_path / "traces.json"
     path.write_text(TRACES_DAMAGE[damage](json.load(open(teacher_traces))))
-    assert "delete" not in refused(script, tmp_path, message, traces=str(path))  # the user's file: never "delete it"
+    err = refused(script, tmp_path, message, traces=str(path))
+    assert "delete" not in err  # the user's file: never "delete it"
 
 
-def test_traces_for_other_problems_are_refused_before_loading(teacher_traces, tmp_path, no_model_loading):
-    message = (r"holds traces for other problems: none of its 4 problem ids \(such as 'toy:.*'\) is one of the 4 training "
-               r"problems here \(such as 'toy:.*'\); give traces collected for this task, with the same task flags")
-    refused("prefixrl", tmp_path, message, traces=teacher_traces, task_seed=5)  # the teacher's are for --task-seed 0
+def test_traces_for_other_problems_are_refused_before_loading(teacher_traces, tmp_path,
+                                                              no_model_loading):
+    message = (r"holds traces for other problems: none of its 4 problem ids \(such as 'toy:.*'\) "
+               r"is one of the 4 training problems here \(such as 'toy:.*'\); give traces "
+               r"collected for this task, with the same task flags")
+    refused("prefixrl", tmp_path, message, traces=teacher_traces, task_seed=5)  # the teacher's: 0
 
 
 def test_a_bad_dataset_is_refused_before_loading(tmp_path, no_model_loading):
     path = tmp_path / "data.jsonl"
     path.write_text('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": 2\n')
-    refused("prefixrl", tmp_path, r"data.jsonl:2: not valid JSON", model="smollm2-135m", dataset=str(path))
+    message = r"data.jsonl:2: not valid JSON"
+    refused("prefixrl", tmp_path, message, model="smollm2-135m", dataset=str(path))
+
+
+TOKENIZER = r"tokenizer files \(tokenizer.json, or tokenizer.model, or vocab.json \+ merges.txt\)"
 
 
 @pytest.mark.parametrize("files,message", [
-    (["config.json"], r"lacks tokenizer files \(tokenizer.json, or tokenizer.model, or vocab.json \+ merges.txt\) and weights"),
-    (["config.json", "vocab.json", "merges.txt"], r"lacks weights \(model.safetensors, pytorch_model.bin, or a sharded"),
-    (["config.json", "model.safetensors", "merges.txt"], r"lacks tokenizer files"),
+    (["config.json"], f"lacks {TOKENIZER} and weights"),
+    (["config.json", "vocab.json", "merges.txt"], r"lacks weights \(model.safetensors, pytorch_"),
+    (["config.json", "model.safetensors", "merges.txt"], f"lacks {TOKENIZER}; copy"),
     (["config.json", "tokenizer.json", "model.safetensors.index.json", "model-1.safetensors"],
-     r"lacks 1 of the 2 weight shards its model.safetensors.index.json names \(model-2.safetensors...\)"),
+     r"lacks 1 of the 2 weight shards its model.safetensors.index.json names \(model-2.safe"),
 ])
-def test_model_dir_missing_files_are_named_before_loading(files, message, tmp_path, no_model_loading):
+def test_model_dir_missing_files_are_named_before_loading(files, message, tmp_path,
+                                                          no_model_loading):
     model = tmp_path / "model"
     model.mkdir()
     for name in files:
         index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
         (model / name).write_text(json.dumps(index if name.endswith("index.json") else {}))
-    err = refused("standard_rl", tmp_path, f"model directory '{model}' has config.json but {message}", model=str(model), task="arith")
-    assert err.endswith("copy them from where the model came from (save_pretrained writes them: model.save_pretrained(DIR), "
-                        "tokenizer.save_pretrained(DIR))")
-    (model / "tokenizer.json").write_text("{}")
-    (model / "model-2.safetensors").write_text("{}")
-    (model / "model.safetensors").write_text("{}")
+    message = f"model directory '{model}' has config.json but {message}"
+    err = refused("standard_rl", tmp_path, message, model=str(model), task="arith")
+    assert err.endswith("copy them from where the model came from (save_pretrained writes them: "
+                        "model.save_pretrained(DIR), tokenizer.save_pretrained(DIR))")
+    for name in ("tokenizer.json", "model-2.safetensors", "model.safetensors"):
+        (model / name).write_text("{}")
     models.check_model_path(str(model))  # every file there: left to the loader
 
 
 def timed(cmd):
     start = time.time()
-    out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=60)  # pretraining: minutes
+    out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)  # pretraining takes minutes
     return out, time.time() - start
 
 
 def test_a_bad_traces_file_is_refused_in_seconds_on_a_cold_cache(tmp_path):
-    """From the command line, with an empty --cache-dir and the default flags: refused before the toy base
-    model's pretraining (minutes) could start, in < 5 s, or at most 2 s more than importing the script
-    takes when a busy machine makes that slow."""
+    """From the command line, with an empty --cache-dir and the default flags: refused before the
+    toy base model's pretraining (minutes) could start, in < 5 s, or at most 2 s more than
+    importing the script takes when a busy machine makes that slow."""
     bad, cache, run_dir = tmp_path / "traces.json", tmp_path / "cache", tmp_path / "run"
     bad.write_text("not json")
     for script in SCRIPTS:
-        out, took = timed([f"{script}.py", "--traces", str(bad), "--cache-dir", str(cache), "--run-dir", str(run_dir)])
+        flags = ["--traces", str(bad), "--cache-dir", str(cache), "--run-dir", str(run_dir)]
+        out, took = timed([f"{script}.py", *flags])
         lines = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(lines) == 1 and f"traces file '{bad}' is not JSON" in lines[0], (script, out.stderr)
+        assert out.returncode == 2 and len(lines) == 1, (script, out.stderr)
+        assert f"traces file '{bad}' is not JSON" in lines[0]
         imported = timed(["-c", f"import {script}"])[1] if took >= 5 else 0
-        assert took < max(5, imported + 2), f"{script}.py took {took:.1f}s to refuse a bad --traces file (importing it: {imported:.1f}s)"
+        assert took < max(5, imported + 2), f"{script}.py: {took:.1f}s (import: {imported:.1f}s)"
     assert not cache.exists() and not run_dir.exists()
 
 
@@ -187,16 +204,19 @@ def test_a_bad_traces_file_is_refused_in_seconds_on_a_cold_cache(tmp_path):
 ])
 def test_no_trace_found_advises_what_this_task_can_change(flags, advice):
     err = utils.no_trace_found(prefixrl.Args(trace_budget=7, **flags), 4)
-    assert str(err) == f"no correct trace found for any of 4 problems within --trace-budget 7 samples each; raise --trace-budget, or {advice}"
+    assert str(err) == ("no correct trace found for any of 4 problems within --trace-budget 7 "
+                        f"samples each; raise --trace-budget, or {advice}")
 
 
 def test_train_ids_are_those_of_the_task_loaded_later(tmp_path):
-    """tasks.train_ids, with no tokenizer, gives the ids that tasks.load_task's training problems have."""
+    """tasks.train_ids, with no tokenizer, gives the ids of tasks.load_task's training problems."""
     path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps({"problem": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(9)))
-    for flags in (dict(TINY), dict(task="arith", level=2, n_train=5), dict(dataset=str(path), n_train=3, task_seed=2)):
+    path.write_text("\n".join(json.dumps({"problem": f"{i}+1?", "answer": i}) for i in range(6)))
+    jsonl = dict(dataset=str(path), n_train=3, task_seed=2)
+    for flags in (dict(TINY), dict(task="arith", level=2, n_train=5), jsonl):
         args = prefixrl.Args(**flags)
-        assert tasks.train_ids(args) == [p.id for p in tasks.load_task(args, FakeChatTokenizer()).train]
+        loaded = tasks.load_task(args, FakeChatTokenizer())
+        assert tasks.train_ids(args) == [p.id for p in loaded.train]
 
 
 def test_toy_gpt2_context_must_fit_its_positions():

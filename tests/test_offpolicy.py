@@ -17,6 +17,7 @@ import tasks
 import utils
 from conftest import read_metrics
 from test_math import grads, random_batch, tiny_model
+from test_resume import stops
 from test_smoke import EVAL_KEYS, ROOT, TINY, TRAIN_KEYS
 
 
@@ -156,15 +157,16 @@ def test_bad_input_stops_with_one_line(script, flags, message, tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
-def test_traces_without_behaviour_logprobs_need_shaping(toy_cache, teacher_traces, tmp_path):
+def test_traces_without_behaviour_logprobs_need_shaping(toy_cache, teacher_traces, tmp_path,
+                                                        capsys):
     traces, total = utils.load_traces(teacher_traces)
     for t in traces.values():
         t.behaviour_logprobs = []  # as re-tokenized traces from another model family
     path = str(tmp_path / "no_logprobs.json")
     utils.save_traces(path, {"source": "other model"}, traces, {pid: 1 for pid in traces}, {pid: t.flops for pid, t in traces.items()})
     args = dict(cache_dir=toy_cache, traces=path, **{**TINY, "threads": 1, "steps": 1})
-    with pytest.raises(utils.InputError, match="use --shaping"):
-        offpolicy_rl.main(offpolicy_rl.Args(run_dir=str(tmp_path / "a"), **args))
-    assert not os.path.exists(tmp_path / "a")
+    run_a = offpolicy_rl.Args(run_dir=str(tmp_path / "a"), **args)
+    err = stops(capsys, lambda: offpolicy_rl.main(run_a))
+    assert "use --shaping" in err and not os.path.exists(tmp_path / "a")  # made at start, removed
     offpolicy_rl.main(offpolicy_rl.Args(run_dir=str(tmp_path / "b"), shaping=0.1, **args))
     assert [r["step"] for r in read_metrics(str(tmp_path / "b")) if "train/grad_norm" in r] == [1]

@@ -290,6 +290,38 @@ def test_regime_claims_supported():
             "mean grad std PrefixRL 0.1, Off-policy RL 0.3") in measured
 
 
+
+def write_runs(root, runs):
+    """Fabricated runs as run dirs (args.json, metrics.jsonl) under root, for plot.main."""
+    root.mkdir()
+    for i, run in enumerate(runs):
+        d = root / f"{i}_{run.args['script']}"
+        d.mkdir()
+        (d / "args.json").write_text(json.dumps(run.args))
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.rows))
+
+
+def test_standard_rl_on_other_family_traces_is_a_method_of_its_own(tmp_path):
+    """standard_rl --traces FILE trains on the pool of problems another model family traced: it is
+    drawn and listed as "RL n=8, other-family traces", and the claims compare PrefixRL with standard
+    RL on its own pool (RL n=8 and RL n=64), never with it."""
+    other_rl = dict(REGIME["rl8"], traces="/cache/toy-gpt2.json", pass1=[0, .3, .5, .7, .9])
+    runs = [fake_run(**spec) for spec in [*REGIME.values(), other_rl]]
+    write_runs(tmp_path / "runs", runs)
+    assert plot.main(plot.Args(runs=(str(tmp_path / "runs"),), out=str(tmp_path / "figs"))) == 0
+    results = (tmp_path / "figs" / "results.md").read_text()
+    assert "| RL n=8, other-family traces | 1 | 20 |" in results
+    (_, methods), = rundirs.group(runs)
+    cast = claims.Cast.of(methods)
+    assert (cast.rl8.label, cast.rl64.label) == ("RL n=8", "RL n=64")
+    for claim in REGIME_CLAIMS:
+        assert claim(cast)[1] == "supported", claim(cast)
+    # with standard RL on its own pool at n=16 only, that run is the RL baseline, not the other one
+    alone = [dict(REGIME["rl8"], rollouts=16), other_rl, REGIME["pre"]]
+    (_, methods), = rundirs.group([fake_run(**spec) for spec in alone])
+    cast = claims.Cast.of(methods)
+    assert cast.rl8.label == "RL n=16" and cast.rl64 is None
+
 @pytest.mark.parametrize("claim, changes, status, measured", [
     (claims.claim_rl8_stays_low, {"rl8": {"pass1": [0, .1, .2, .3, .1]}}, "partly", "highest eval train pass@1 (mean over seeds) 0.300"),
     (claims.claim_rl8_stays_low, {"rl8": {"train": {"train/all_negative_frac": .4}}}, "partly", "over the whole run 0.400 ('most' = above 0.5)"),

@@ -1,6 +1,8 @@
-"""Runs that survive: checkpoints, --resume after SIGKILL / SIGTERM / SIGINT giving the uninterrupted run's
-metrics byte for byte, determinism, and bad input stopping with one line and exit code 2."""
+"""Runs that survive: checkpoints, --resume after SIGKILL / SIGTERM / SIGINT in any phase (toy
+pretraining, trace collection, RL, evaluation) giving the uninterrupted run's metrics byte for byte,
+determinism, and bad input stopping with one line and exit code 2."""
 
+import glob
 import json
 import os
 import shutil
@@ -121,27 +123,156 @@ def test_groups_log_holds_each_steps_problems_and_successes(script, settings, ow
         assert all(sum(n > 0 for n in r["prefix_tokens"]) == 3 for r in rows)
 
 
-def test_sigkill_then_resume_equals_the_uninterrupted_run(reference, toy_cache, teacher_traces, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_or_signal_in_rl_then_resume_equals_the_uninterrupted_run(sig, reference, toy_cache,
+                                                                       teacher_traces, tmp_path):
     expected = reference(prefixrl, KILL)
     run_dir, log = str(tmp_path / "run"), open(tmp_path / "log", "w")
-    cmd = [sys.executable, "prefixrl.py", "--run-dir", run_dir, "--cache-dir", toy_cache, "--traces", teacher_traces, *cli(KILL)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    flags = ["--run-dir", run_dir, "--cache-dir", toy_cache, "--traces", teacher_traces, *cli(KILL)]
+    proc = subprocess.Popen([sys.executable, "prefixrl.py", *flags], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
-        wait_for_train_row(run_dir, 5, proc)  # step 5 logged: its checkpoint is step 4 (or 6, if step 6 was quick)
+        wait_for_train_row(run_dir, 5, proc)  # step 5 logged: its checkpoint is step 4 (or 6)
     finally:
-        proc.kill()  # SIGKILL: no handler runs
+        proc.send_signal(sig)  # SIGKILL: no handler runs; SIGINT: the step in progress is finished
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = checkpoint(run_dir)["step"]
-    assert killed_at in (4, 6) and 8 not in train_steps(run_dir)
-    out = subprocess.run([sys.executable, "prefixrl.py", "--resume", run_dir, "--threads", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"from its checkpoint at step {killed_at}" in out.stdout
+    stopped_at = checkpoint(run_dir)["step"]
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL and stopped_at in (4, 6)
+    else:  # after the step in progress, or at once if the last checkpoint holds it
+        last = open(tmp_path / "log").read().strip().splitlines()[-1]
+        assert proc.returncode == 130 and stopped_at == train_steps(run_dir)[-1] >= 5
+        assert last.endswith(f"step {stopped_at} in {run_dir}/{utils.CHECKPOINT}; continue with: "
+                             f"python prefixrl.py --resume {run_dir}")
+    assert 8 not in train_steps(run_dir)
+    out = resume(run_dir)
+    assert f"from its checkpoint at step {stopped_at}" in out.stdout
     assert train_steps(run_dir) == list(range(1, 9))  # none duplicated, none missing
     assert [r["step"] for r in read_metrics(run_dir) if "eval/heldout_pass@1" in r] == [0, 4, 8]
     assert metrics_bytes(run_dir) == metrics_bytes(expected)
     assert os.path.isdir(os.path.join(run_dir, utils.POLICY_DIR))
+
+
+def resume(run_dir, launcher=("prefixrl.py",)):
+    """--resume RUN_DIR from the command line: it names the run dir first, the total time and the
+    results last."""
+    cmd = [sys.executable, *launcher, "--resume", run_dir, "--threads", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == f"prefixrl.py: continuing the run in {run_dir}"
+    assert lines[-1].startswith("done in ")
+    results = f"; results in {run_dir}/: metrics.jsonl, final_eval.json, {utils.POLICY_DIR}/"
+    assert lines[-1].endswith(results)
+    return out
+
+
+SIGNAL_AT = """import os, runpy, signal, sys
+import {module}
+{setup}
+real, calls = {module}.{function}, [0]
+
+
+def signalling(*a, **k):  # a real signal to this process, at a known point of the run
+    calls[0] += 1
+    if calls[0] == {call}:
+        os.kill(os.getpid(), signal.{sig})
+    return real(*a, **k)
+
+
+{module}.{function} = signalling
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+"""`python -c SIGNAL_AT prefixrl.py FLAGS` runs prefixrl.py FLAGS, after `setup`, with a signal sent
+to it at the call-th call of module.function"""
+LENIENT = "lambda p, prefix, r: float(sum(r) % 257 == 0)"
+"""a toy reward that the 20-step model meets by chance: the smoke task's traces take 3 rounds"""
+
+
+def launcher(module="utils", function="sample", call=0, sig=signal.SIGINT, setup=""):
+    code = SIGNAL_AT.format(module=module, function=function, call=call, sig=sig.name, setup=setup)
+    return ["-c", code, "prefixrl.py"]
+
+
+def run_and_signal(run_dir, cache, flags, sig, at, setup=""):
+    """prefixrl.py, signalled at `at` = (module, function, call): (exit code, its last line)."""
+    cmd = [*launcher(*at, sig, setup), "--run-dir", run_dir, "--cache-dir", cache, *cli(flags)]
+    out = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stdout.startswith(f"prefixrl.py: run dir {run_dir}\n")  # named at the start
+    return out.returncode, out.stderr.strip().splitlines()[-1]
+
+
+def continue_with(run_dir):
+    return f"continue with: python prefixrl.py --resume {run_dir}"
+
+
+def test_signal_in_pretraining_keeps_no_half_model_and_resume_pretrains(reference, teacher_traces,
+                                                                        tmp_path):
+    expected, run_dir, cache = reference(prefixrl, KILL), str(tmp_path / "run"), str(tmp_path / "c")
+    at = ("torch.optim", "AdamW.step", 5)  # the 5th of 20 pretraining steps, on a cold cache
+    rc, last = run_and_signal(run_dir, cache, dict(KILL, traces=teacher_traces), signal.SIGINT, at)
+    assert rc == 130 and last == ("SIGINT: stopped; the toy base model's pretraining was not "
+                                  f"finished: nothing of it is cached; {continue_with(run_dir)}")
+    assert os.listdir(cache) == [] and os.listdir(run_dir) == ["args.json"]
+    out = resume(run_dir)
+    assert "stopped before its first checkpoint: the run starts again" in out.stdout
+    assert "pretrained toy base model" in out.stdout
+    assert metrics_bytes(run_dir) == metrics_bytes(expected)
+
+
+@pytest.mark.parametrize("call,stopped_at", [(4, 4), (7, 8)])  # held-out at step 4; the final one
+def test_signal_in_evaluation_stops_at_once_and_resume_continues_exactly(call, stopped_at,
+                                                                         reference, toy_cache,
+                                                                         teacher_traces, tmp_path):
+    """Evaluations (2 calls each) at steps 0, 4 and 8, then the final one; checkpoints every 2
+    steps, so none is needed: the last checkpoint holds all the work, and the run stops at once."""
+    expected, run_dir = reference(prefixrl, KILL), str(tmp_path / "run")
+    flags, at = dict(KILL, traces=teacher_traces), ("utils", "evaluate", call)
+    rc, last = run_and_signal(run_dir, toy_cache, flags, signal.SIGTERM, at)
+    path = os.path.join(run_dir, utils.CHECKPOINT)
+    assert rc == 143 and last == ("SIGTERM: stopped; no update since the checkpoint at step "
+                                  f"{stopped_at} in {path}; {continue_with(run_dir)}")
+    assert checkpoint(run_dir)["step"] == stopped_at
+    assert not os.path.exists(os.path.join(run_dir, utils.POLICY_DIR))
+    resume(run_dir)
+    assert metrics_bytes(run_dir) == metrics_bytes(expected)
+
+
+def test_signal_in_trace_collection_keeps_its_rounds_and_resume_collects_the_same(toy_cache,
+                                                                                  tmp_path,
+                                                                                  monkeypatch):
+    """With a reward the 20-step model meets by chance, the collection finds some traces in its
+    first round of batches and the others in later rounds; stopped in round 2, it goes on from round
+    1's partial cache and ends with the uninterrupted collection's traces, attempts and FLOPs, and
+    the run with its metrics."""
+    settings, caches = dict(KILL, steps=2, trace_budget=512), []
+    for name in ("expected", "stopped"):  # the toy model alone: no traces cached
+        caches.append(str(tmp_path / f"cache_{name}"))
+        shutil.copytree(toy_cache, caches[-1], ignore=shutil.ignore_patterns("traces-*"))
+    monkeypatch.setattr(tasks, "toy_reward", eval(LENIENT))
+    expected = str(tmp_path / "expected")
+    prefixrl.main(prefixrl.Args(run_dir=expected, cache_dir=caches[0], **settings))
+    monkeypatch.undo()
+    run_dir, setup = str(tmp_path / "run"), f"import tasks\ntasks.toy_reward = {LENIENT}"
+    at = ("utils", "sample", 2)  # the start of round 2
+    rc, last = run_and_signal(run_dir, caches[1], settings, signal.SIGTERM, at, setup=setup)
+    [partial] = glob.glob(os.path.join(caches[1], "traces-*" + utils.PARTIAL))
+    kept = [t["problem_id"] for t in json.load(open(partial))["traces"]]
+    assert rc == 143 and last == (f"SIGTERM: stopped; trace collection kept its {len(kept)} traces "
+                                  f"so far and each problem's attempts in {partial}; "
+                                  f"{continue_with(run_dir)}")
+    out = resume(run_dir, launcher(setup=setup))  # no signal: the reward alone
+    assert f"trace collection goes on from {partial}: {len(kept)} traces so far" in out.stdout
+    assert not os.path.exists(partial)
+    collected = [json.load(open(glob.glob(os.path.join(c, "traces-*.json"))[0])) for c in caches]
+    for field in ("traces", "attempts", "flops", "total_flops"):
+        assert collected[0][field] == collected[1][field]
+    found = [t["problem_id"] for t in collected[0]["traces"]]
+    assert 0 < len(kept) < len(found) and kept == found[: len(kept)]  # stopped in the middle
+    assert metrics_bytes(run_dir) == metrics_bytes(expected)
 
 
 @pytest.mark.parametrize("script,extra,key,at,sig", [
@@ -222,6 +353,13 @@ def test_run_dir_with_a_run_needs_resume(reference, tmp_path, capsys):
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=str(tmp_path / "cache"), **dict(TINY, threads=1))))
     assert f"run dir '{run_dir}' already holds a run; continue it with --resume {run_dir}, or pick another --run-dir" in err
     assert metrics_bytes(run_dir) == before
+    stopped = str(tmp_path / "stopped")  # stopped before its first checkpoint: args.json alone
+    os.makedirs(stopped)
+    shutil.copy(os.path.join(run_dir, "args.json"), stopped)
+    args = prefixrl.Args(run_dir=stopped, cache_dir=str(tmp_path / "c"), **dict(TINY, threads=1))
+    err = stops(capsys, lambda: prefixrl.main(args))
+    assert f"run dir '{stopped}' already holds a run; continue it with --resume {stopped}" in err
+    assert os.listdir(stopped) == ["args.json"]
 
 
 def test_resume_problems_are_named(reference, tmp_path, capsys):
@@ -279,7 +417,7 @@ def test_damaged_checkpoint_or_metrics_are_named(reference, tmp_path, capsys):
     assert f"'{metrics}' has 3 rows, fewer than the {len(rows) - 1} it had at the checkpoint (step 8)" in err
     os.remove(path)
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(resume=run_dir, threads=1)))
-    assert "has no checkpoint.pt" in err
+    assert f"run dir '{run_dir}' has metrics.jsonl but no checkpoint.pt (removed?), so it" in err
 
 
 def test_unreadable_models_are_named(toy_cache, tmp_path, capsys):
@@ -315,7 +453,8 @@ def test_no_trace_found_or_given(toy_cache, teacher_traces, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     hard = dict(TINY, threads=1, hard_min=9, hard_max=10, trace_budget=1)  # a 20-step model never solves these at once
     err = stops(capsys, lambda: prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, **hard)))
-    assert "no correct trace found for any of 4 problems within --trace-budget 1 samples each; raise --trace-budget, or lower --hard-min" in err
+    assert ("no correct trace found for any of 4 problems within --trace-budget 1 samples each; "
+            "raise --trace-budget, or lower --hard-min") in err
     assert not os.path.exists(run_dir)
     empty = str(tmp_path / "empty.json")
     utils.save_traces(empty, {"source": "nothing"}, {}, {}, {})

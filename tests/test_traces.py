@@ -87,7 +87,8 @@ def test_trace_cache_round_trips_and_rejects_foreign_or_truncated_files(tmp_path
     text = open(path).read()
     with open(path, "w") as f:
         f.write(text[: len(text) // 2])  # truncated: a run killed while writing it without write_atomic
-    with pytest.raises(utils.InputError, match=r"is not JSON \(JSONDecodeError at line 1 column \d+\); delete it to re-collect"):
+    damaged = r"is not JSON \(JSONDecodeError at line 1 column \d+\); delete it to re-collect"
+    with pytest.raises(utils.InputError, match=damaged):
         utils.collect_traces(model, task, task.train, 20, 1.0, 0, path, batch_size=16, model_id="m")
 
 
