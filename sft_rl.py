@@ -215,7 +215,7 @@ def main(args: Args):
     task = tasks.load_task(args, tokenizer)
     if args.gradient_checkpointing:
         models.enable_activation_checkpointing(model)
-    utils.check_memory(model, task, args)  # the estimate printed; one that cannot fit stops (exit 2)
+    utils.check_memory(model, task, args)  # prints the estimate; stops a run that cannot fit
     n_params = utils.count_params(model)
 
     # OFF-POLICY TRACES: one correct trace per hard problem, by rejection sampling from the base
