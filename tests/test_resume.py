@@ -169,6 +169,7 @@ def resume(run_dir, launcher=("prefixrl.py",)):
 
 SIGNAL_AT = """import os, runpy, signal, sys
 import {module}
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (see below)
 {setup}
 real, calls = {module}.{function}, [0]
 
@@ -185,7 +186,9 @@ sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 """`python -c SIGNAL_AT prefixrl.py FLAGS` runs prefixrl.py FLAGS, after `setup`, with a signal sent
-to it at the call-th call of module.function"""
+to it at the call-th call of module.function. SIGINT is made Python's KeyboardInterrupt first, as in
+a terminal: pytest started as a background job (`pytest &` in a script) has SIGINT ignored, and its
+children inherit that, so the signal would never arrive."""
 LENIENT = "lambda p, prefix, r: float(sum(r) % 257 == 0)"
 """a toy reward that the 20-step model meets by chance: the smoke task's traces take 3 rounds"""
 
