@@ -37,8 +37,10 @@ def fake_reward(problem, prefix_ids, response_ids):
 @pytest.fixture(scope="module")
 def step_traces(teacher_traces, tmp_path_factory):
     """The teacher traces, each with a behaviour log-prob of its own per token (so a shift shows) and
-    accepted at attempt ATTEMPTS."""
+    accepted at attempt ATTEMPTS, stored in reverse order of the problems (so a trace taken by its
+    position instead of its problem shows)."""
     traces, _ = utils.load_traces(teacher_traces)
+    traces = dict(reversed(list(traces.items())))
     for t in traces.values():
         t.attempts, t.behaviour_logprobs = ATTEMPTS, [-0.05 * (k + 1) for k in range(len(t.token_ids))]
     path = str(tmp_path_factory.mktemp("step_traces") / "traces.json")
