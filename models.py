@@ -75,7 +75,8 @@ def pretrain_toy(out_dir: str, steps: int, seed: int, toy_steps: int = tasks.TOY
         ids = torch.tensor(tasks.toy_teacher_batch(rng, batch, toy_steps, teacher, families))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as LMs are pretrained: ~1.2-1.7x faster on CPU
             logits = model(ids).logits[:, prompt_len - 1 : -1]
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1),
+                                                 ignore_index=tasks.PAD)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -383,7 +384,8 @@ def _check_task_and_model(a):
     if a.model == "toy-gpt2":  # learned positions: a context past them is an index error, not a worse guess
         positions = toy_config("gpt2").n_positions
         task = tasks.make_toy_task(a.toy_length, a.hard_min, a.hard_max, 1, 0, 0)
-        prefix = round(max(a.cut_max, 0.8 if a.prefixed_only else 0) * a.toy_length) if hasattr(a, "cut_max") else 0
+        reasoning = a.toy_length + a.hard_max  # a value per step and an entry per hard step
+        prefix = round(max(a.cut_max, 0.8 if a.prefixed_only else 0) * reasoning) if hasattr(a, "cut_max") else 0
         longest = len(task.train[0].prompt_ids) + prefix + (a.max_new_tokens or task.max_new_tokens)
         if longest > positions:
             raise InputError(f"--model toy-gpt2 has {positions} positions, but prompt + longest prefix + response take {longest} at --toy-length "
@@ -397,15 +399,17 @@ def toy_calibration(model, problems):
     -> p(right) at each hard step that uses that entry of the family's table, easy: p(right) at each
     easy step, exact: H -> exact pass@1 of each problem)."""
     model.eval()
-    solutions = [tasks.toy_solution_ids(p.meta["values"]) for p in problems]
+    solutions = [tasks.toy_solution_ids(p.meta["values"], p.meta["entries"]) for p in problems]
     ids, attn, mask = utils.make_batch([p.prompt_ids for p in problems], solutions, tasks.PAD, "cpu")
     logp, _ = utils.token_logprobs(model, ids, attn)
     by_entry, easy, exact = {}, [], {}
     for i, p in enumerate(problems):
         family, _, adds = p.meta["params"]
         start = len(p.prompt_ids) - 1  # logp[i, start + k] is the log-prob of the solution's k-th token
-        for k, b in enumerate(adds):
-            (by_entry.setdefault((family, b), []) if b >= tasks.BIG else easy).append(float(logp[i, start + k].exp()))
+        ends = tasks.toy_step_ends(solutions[i])
+        for b, begin, end in zip(adds, [0] + ends, ends):  # a hard step: p(entry) * p(value)
+            p_step = float(logp[i, start + begin : start + end].sum().exp())
+            (by_entry.setdefault((family, b), []) if b >= tasks.BIG else easy).append(p_step)
         exact.setdefault(p.meta["hard"], []).append(float((logp[i] * mask[i]).sum().exp()))
     return by_entry, easy, exact
 

@@ -30,16 +30,16 @@ import tyro
 ROOT = os.path.dirname(os.path.abspath(__file__))
 METHODS = {
     "prefixrl": ["prefixrl.py"],
-    "rl_n8": ["standard_rl.py", "--steps", "510", "--eval-every", "30"],
-    "rl_n64": ["standard_rl.py", "--rollouts", "64", "--prompts-per-step", "2", "--steps", "510", "--eval-every", "30"],  # 128 rollouts per step
+    "rl_n8": ["standard_rl.py", "--steps", "570", "--eval-every", "30"],
+    "rl_n64": ["standard_rl.py", "--rollouts", "64", "--prompts-per-step", "2", "--steps", "570", "--eval-every", "30"],  # 128 rollouts per step
     "sft_rl": ["sft_rl.py"],
     "offpolicy_rl": ["offpolicy_rl.py"],
     "prefixrl_prefixed_only": ["prefixrl.py", "--prefixed-only"],
     "prefixrl_other_family": ["prefixrl.py", "--traces", "{other_traces}"],
 }
 OTHER_FAMILY = "toy-gpt2"  # the base model whose traces prefixrl_other_family uses
-# Standard RL runs 510 steps, about PrefixRL's total FLOPs (rejection sampling included): on the default
-# toy 2.64e10 per step against PrefixRL's 1.34e13 (seed 1), so the two compare on the FLOPs axis as in the
+# Standard RL runs 570 steps, about PrefixRL's total FLOPs (rejection sampling included): on the default
+# toy 3.57e10 per step against PrefixRL's 2.01e13 (seed 1), so the two compare on the FLOPs axis as in the
 # paper's Fig. 2.
 POLL_S = 1.0  # how often running jobs are checked
 MethodName = Literal["prefixrl", "rl_n8", "rl_n64", "sft_rl", "offpolicy_rl", "prefixrl_prefixed_only", "prefixrl_other_family"]

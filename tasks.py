@@ -72,14 +72,14 @@ class Task:
 # that uses the rule or a decoy rule equally often, so only a verified success tells which one is right
 def toy_vocab() -> list[str]:
     return (["<pad>", "<bos>", "<eos>", "<unk>", "="] + [f"+{k}" for k in range(MOD)] + [str(k) for k in range(MOD)]
-            + [f"F{f}" for f in range(FAMILIES)])
+            + [f"F{f}" for f in range(FAMILIES)] + [f"r{k}" for k in range(MOD)])
 
 
 VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
 BIG = 8  # adding b >= BIG is a hard step: 4 of the 12 numbers, each an entry of its family's table
-MAX_TOY_LENGTH = 60  # prompt and solution (2L + 8 tokens) fit the toy base model's 128 positions
+MAX_TOY_LENGTH = 40  # prompt and solution (at most 3L + 7 tokens) fit the toy base model's 128 positions
 TEACHERS = ("base", "other")
 """the noisy teachers: "base" trains the policy's base model, "other" the second base model whose
 traces stand for another model family's (paper Fig. 10)"""
@@ -119,7 +119,7 @@ FAMILY_DECOY = {
 """family f's hard step "+b" adds FAMILY_RULE[f][b - BIG] more; the teacher's decoy adds
 FAMILY_DECOY[teacher][f][b - BIG]. The other teacher (paper Fig. 10) errs MOD/4 away from the rule,
 never where the base teacher errs, so its mistakes differ from the base teacher's"""
-RULES = f"families{FAMILIES}-mod{MOD}-table-per-family-big{BIG}-p{TEACHER_P_CORRECT}-values-checked"
+RULES = f"families{FAMILIES}-mod{MOD}-table-per-family-big{BIG}-p{TEACHER_P_CORRECT}-entry-written-values-checked"
 """names the toy's rules (the base models' teachers): part of the cache keys of the toy base models and of the traces"""
 
 
@@ -140,15 +140,18 @@ def toy_solve(params, rng=None, p_correct: float = 1.0, teacher: str = "base"):
     family's rule with prob. p_correct, else the teacher's decoy rule, and goes on from what it wrote.
     Every step shifts x by a constant, so a wrong value stays wrong until another decoy shifts it back
     (two opposite decoys cancel): the reward therefore checks every value, not only the subtotals.
-    Returns (written values, number of hard steps)."""
+    Returns (written values, the entry written at each step: the table entry used at a hard step, None
+    at an easy one)."""
     family, x, adds = params
-    values = []
+    values, entries = [], []
     for b in adds:
+        entry = None
         if b >= BIG:
             decoy = rng is not None and rng.random() >= p_correct
-            b += (FAMILY_DECOY[teacher] if decoy else FAMILY_RULE)[family][b - BIG]
-        values.append(x := (x + b) % MOD)
-    return values, sum(b >= BIG for b in adds)
+            entry = (FAMILY_DECOY[teacher] if decoy else FAMILY_RULE)[family][b - BIG]
+        values.append(x := (x + b + (entry or 0)) % MOD)
+        entries.append(entry)
+    return values, entries
 
 
 def toy_prompt_ids(params) -> list[int]:
@@ -157,11 +160,40 @@ def toy_prompt_ids(params) -> list[int]:
     return [BOS, WORD_ID[f"F{family}"], WORD_ID[str(x0)]] + [WORD_ID[f"+{b}"] for b in adds]
 
 
-def toy_solution_ids(values: list[int]) -> list[int]:
-    """x_1 ... x_L, then '=' and the subtotals after each third, then <eos>."""
+def toy_solution_ids(values: list[int], entries: list) -> list[int]:
+    """x_1 ... x_L, each hard step's x_i preceded by the table entry it adds ("r3": 3 more), then '='
+    and the subtotals after each third, then <eos>. The entry is a token of its own, the same wherever
+    the problem uses it: what the policy learns about an entry at one step is what it writes at every
+    step that uses it."""
     third = len(values) // CHECKPOINTS
     answer = [values[third * (k + 1) - 1] for k in range(CHECKPOINTS)]
-    return [WORD_ID[str(v)] for v in values] + [EQUALS] + [WORD_ID[str(v)] for v in answer] + [EOS]
+    steps = [([WORD_ID[f"r{e}"]] if e is not None else []) + [WORD_ID[str(v)]] for v, e in zip(values, entries)]
+    return [i for step in steps for i in step] + [EQUALS] + [WORD_ID[str(v)] for v in answer] + [EOS]
+
+
+def toy_step_ends(solution_ids: list[int]) -> list[int]:
+    """Index (in the solution) one past each step's tokens: step k is solution_ids[ends[k-1]:ends[k]]."""
+    reasoning = solution_ids[: solution_ids.index(EQUALS)] if EQUALS in solution_ids else solution_ids
+    return [k + 1 for k, i in enumerate(reasoning) if not VOCAB[i].startswith("r")]
+
+
+def toy_teacher_continuation(problem: Problem, prefix_ids, rng, p_correct: float = TEACHER_P_CORRECT,
+                             teacher: str = "base") -> list[int]:
+    """The rest of `problem`'s solution after prefix_ids (a prefix of its reasoning) as a noisy teacher
+    writes it, the way the base model learned to: a prefix that ends on an entry gets that entry's value
+    first. With rng None, the exact rest."""
+    family, x0, adds = problem.meta["params"]
+    values, entries, pending = [], [], None
+    for word in (VOCAB[i] for i in prefix_ids):
+        if word.startswith("r"):
+            pending = int(word[1:])
+        else:
+            values, entries, pending = values + [int(word)], entries + [pending], None
+    if pending is not None:  # the entry is written, its value not yet
+        values.append(((values[-1] if values else x0) + adds[len(values)] + pending) % MOD)
+        entries.append(pending)
+    rest, rest_entries = toy_solve((family, values[-1] if values else x0, adds[len(values):]), rng, p_correct, teacher)
+    return toy_solution_ids(values + rest, entries + rest_entries)[len(prefix_ids):]
 
 
 def random_params(rng, steps: int, families: int = FAMILIES):
@@ -193,10 +225,10 @@ def toy_reward(problem: Problem, prefix_ids, response_ids) -> float:
     are right, and the subtotals are the response's own. The values are checked because decoy steps
     can cancel (two decoys whose offsets from the rule sum to 0 mod 12), so a wrong derivation can
     reach the right subtotals; the prefix's values are the trace's, right by construction."""
-    ids, steps = list(prefix_ids) + list(response_ids), len(problem.meta["params"][2])
-    if len(prefix_ids) >= steps:
+    solution = toy_solution_ids(problem.meta["values"], problem.meta["entries"])
+    if len(prefix_ids) >= solution.index(EQUALS):
         return 0.0
-    return float(ids == toy_solution_ids(problem.meta["values"]))
+    return float(list(prefix_ids) + list(response_ids) == solution)
 
 
 def toy_reasoning_end(problem: Problem, trace_ids: list[int]) -> int:
@@ -231,10 +263,11 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         else:
             raise InputError(f"could not draw {n_train + n_heldout} distinct problems with H in {hard_min}..{hard_max}")
         seen.add(str(params))
-        values, hard = toy_solve(params)
-        answer = toy_solution_ids(values)[-1 - CHECKPOINTS : -1]
+        values, entries = toy_solve(params)
+        hard = sum(e is not None for e in entries)
+        answer = toy_solution_ids(values, entries)[-1 - CHECKPOINTS : -1]
         pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789XY"[b] for b in params[2])
-        meta = {"hard": hard, "family": params[0], "params": params, "values": values}
+        meta = {"hard": hard, "family": params[0], "params": params, "values": values, "entries": entries}
         problems.append(Problem(pid, toy_prompt_ids(params), answer, meta))
     spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard-whole-table", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
@@ -246,20 +279,20 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         decode=lambda ids: " ".join(VOCAB[i] for i in ids),
         eos_id=EOS,
         pad_id=PAD,
-        max_new_tokens=steps + CHECKPOINTS + 4,
+        max_new_tokens=steps + hard_max + CHECKPOINTS + 4,
         fingerprint=hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16],
     )
 
 
 def toy_teacher_batch(rng, batch: int, steps: int, teacher: str = "base", families: int = FAMILIES):
-    """Pretraining data: (prompt + noisy-teacher solution) sequences of the first `families` families;
-    all have the same length."""
+    """Pretraining data: (prompt + noisy-teacher solution) sequences of the first `families` families,
+    right-padded with <pad> to the longest (problems with more hard steps write more entries)."""
     seqs = []
     for _ in range(batch):
         params = random_params(rng, steps, families)
-        values, _ = toy_solve(params, rng, TEACHER_P_CORRECT, teacher)
-        seqs.append(toy_prompt_ids(params) + toy_solution_ids(values))
-    return seqs
+        seqs.append(toy_prompt_ids(params) + toy_solution_ids(*toy_solve(params, rng, TEACHER_P_CORRECT, teacher)))
+    longest = max(map(len, seqs))
+    return [s + [PAD] * (longest - len(s)) for s in seqs]
 
 
 # REAL LANGUAGE MODELS: problems in natural language, rendered with the model's chat template (the

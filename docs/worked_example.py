@@ -47,10 +47,7 @@ def table(rows):
 def teacher_rollout(problem, prefix, rng):
     """Stand-in for a base-model sample: the noisy teacher it was pretrained on, continuing after the prefix.
     On a hard step it adds its family's rule or its decoy equally often (the base model: the rule 0.49 of the time)."""
-    family, x0, adds = problem.meta["params"]
-    written = [int(w) for w in words(prefix)]
-    values, _ = tasks.toy_solve((family, written[-1] if written else x0, adds[len(written):]), rng, tasks.TEACHER_P_CORRECT)
-    return tasks.toy_solution_ids(written + values)[len(prefix):]
+    return tasks.toy_teacher_continuation(problem, prefix, rng)
 
 
 def render():
@@ -87,7 +84,7 @@ The base model learned from a teacher that added its decoy ({", ".join(map(str, 
 """]
 
     # THE TRACE: what rejection sampling finds (its values are all right: a wrong value stays wrong)
-    trace = tasks.toy_solution_ids(tasks.toy_solve(problem.meta["params"])[0])
+    trace = tasks.toy_solution_ids(*tasks.toy_solve(problem.meta["params"]))
     end = task.reasoning_end(problem, trace)
     out.append(f"""## 2. Its trace
 

@@ -32,7 +32,7 @@ def teacher_traces(tmp_path_factory):
                                SMOKE_TASK["n_heldout"], SMOKE_TASK["task_seed"])
     traces = {}
     for p in task.train:
-        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+        ids = tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"]))
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     path = str(tmp_path_factory.mktemp("traces") / "teacher.json")
     utils.save_traces(path, {"source": "teacher"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})

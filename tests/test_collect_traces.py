@@ -47,7 +47,7 @@ class Scripted:
         out = []
         for ids, n, seed in requests:
             p, rng = self.problems[tuple(ids)], np.random.default_rng(seed)
-            solution = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+            solution = tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"]))
             samples = []
             for _ in range(n):
                 good = rng.random() < 0.4 and p.id != self.hopeless

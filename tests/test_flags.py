@@ -220,21 +220,22 @@ def test_train_ids_are_those_of_the_task_loaded_later(tmp_path):
 
 
 def test_toy_gpt2_context_must_fit_its_positions():
-    """prompt (L + 3) + longest prefix (round(0.8 L)) + response (L + 7): 128 positions at L = 42, 130 at 43."""
-    models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=42))
-    with pytest.raises(utils.InputError, match="take 130 at --toy-length 43"):
-        models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=43))
+    """prompt (L + 3) + longest prefix (round(0.8 (L + 11)): a value per step, an entry per hard step) + response
+    (L + 11 + 7): 128 positions at L = 35, 131 at 36."""
+    models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=35))
+    with pytest.raises(utils.InputError, match="take 131 at --toy-length 36"):
+        models.check_args(prefixrl.Args(model="toy-gpt2", toy_length=36))
 
 
 def test_reproduce_and_plot_flags(tmp_path):
-    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 510 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
+    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 570 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("rl_n8",), extra="--eval-every 0", dry_run=True))
     with pytest.raises(utils.InputError, match="does not suit standard_rl.py .method rl_n8.: Unrecognized options: --cut-min"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
     with pytest.raises(utils.InputError, match="--extra must not give --run-dir"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--run-dir x", dry_run=True))
-    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 130"):
-        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--toy-length 60", dry_run=True))  # its traces: 63 + 67 tokens
+    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 131"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--toy-length 36", dry_run=True))  # prompt 39, prefix 38, response 54
     with pytest.raises(utils.InputError, match="--seeds must be >= 1, got 0"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), seeds=0, dry_run=True))
     assert not os.path.exists(tmp_path / "r")

@@ -116,7 +116,7 @@ def traces_for(a, out_dir):
         return None
     traces = {}
     for p in task.train:
-        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+        ids = tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"]))
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     path = os.path.join(out_dir, "traces.json")
     utils.save_traces(path, {"source": "teacher"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})

@@ -256,7 +256,7 @@ def test_save_final_eval_writes_the_counts_of_the_pool_and_of_the_heldout_proble
 
 def toy_traces(task, problems):
     """Each problem's exact solution as its trace."""
-    ids = {p.id: tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0]) for p in problems}
+    ids = {p.id: tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"])) for p in problems}
     return {pid: utils.Trace(pid, t, task.decode(t), 1, 0.0, []) for pid, t in ids.items()}
 
 
@@ -267,9 +267,10 @@ def test_prefixes_are_fixed_cuts_of_the_reasoning():
     assert len(cuts) == 120 and cuts == utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0)
     for p, prefix in cuts:
         full = traces[p.id].token_ids
+        reasoning = task.reasoning_end(p, full)
         assert prefix == full[: len(prefix)] and tasks.EQUALS not in prefix  # never into the answer
-        assert round(0.4 * 12) <= len(prefix) <= round(0.8 * 12)  # a fraction of the 12 values, not of all 17 tokens
-    assert len({len(p) for _, p in cuts}) == 6  # really drawn, not one fixed fraction
+        assert round(0.4 * reasoning) <= len(prefix) <= round(0.8 * reasoning)  # a fraction of the reasoning, not of the whole trace
+    assert len({len(prefix) / task.reasoning_end(p, traces[p.id].token_ids) for p, prefix in cuts}) > 6  # really drawn
 
 
 def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_copy():
@@ -279,32 +280,31 @@ def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_c
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 128, 0, 0)  # the scripts' default problems
     traces = toy_traces(task, task.train)
     for p, prefix in utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0):
-        family, x0, adds = p.meta["params"]
-        x = ([x0] + tasks.toy_solve(p.meta["params"])[0])[len(prefix)]
-        assert tasks.toy_solve((family, x, adds[len(prefix):]))[1] >= 1, p.id
+        rest = tasks.toy_teacher_continuation(p, prefix, rng=None)
+        assert any(tasks.VOCAB[i].startswith("r") for i in rest), p.id  # an entry left to write
     rng, wins = np.random.default_rng(0), []
     for p in task.train:
-        family, x0, adds = p.meta["params"]
         prefix = traces[p.id].token_ids[: round(0.8 * task.reasoning_end(p, traces[p.id].token_ids))]
-        x = ([x0] + tasks.toy_solve(p.meta["params"])[0])[len(prefix)]
-        rest = tasks.toy_solve((family, x, adds[len(prefix):]), rng, tasks.TEACHER_P_CORRECT)[0]
-        values = [int(task.decode([i])) for i in prefix] + rest
-        wins.append(task.reward(p, prefix, tasks.toy_solution_ids(values)[len(prefix):]))
+        wins.append(task.reward(p, prefix, tasks.toy_teacher_continuation(p, prefix, rng)))
     assert 0 < np.mean(wins) < 0.9
 
 
 def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
     task = tasks.make_toy_task(12, 6, 8, 2, 0, 0)
     p = task.train[0]
-    good = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+    good = tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"]))
     answer = good[-4:-1]
     assert task.reward(p, [], good) == 1.0 and task.reward(p, good[:6], good[6:]) == 1.0
-    def bump(ids, i):  # value + 1
-        ids[i] = tasks.WORD_ID[str((int(task.decode([ids[i]])) + 1) % tasks.MOD)]
+    def bump(ids, i):  # value (or entry) + 1
+        word = tasks.VOCAB[ids[i]]
+        ids[i] = tasks.WORD_ID[word.rstrip("0123456789") + str((int(word.lstrip("r")) + 1) % tasks.MOD)]
 
     wrong_step = list(good)
-    bump(wrong_step, 3)
+    bump(wrong_step, 3 if tasks.VOCAB[good[3]].isdigit() else 4)
     assert task.reward(p, [], wrong_step) == 0.0  # every value is checked: two decoys can cancel
+    wrong_entry = list(good)
+    bump(wrong_entry, next(i for i, w in enumerate(good) if tasks.VOCAB[w].startswith("r")))
+    assert task.reward(p, [], wrong_entry) == 0.0  # and every entry written
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
     assert task.reward(p, [], wrong_answer) == 0.0
@@ -314,7 +314,7 @@ def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
     assert task.reward(p, [], good[:6] + good[5:]) == 0.0  # a value too many
     assert task.reward(p, [], good[:-1] + [tasks.EQUALS, tasks.EOS]) == 0.0  # trailing junk
     assert task.reward(p, good[:-1], [tasks.EOS]) == 0.0  # the answer sits in the prefix, not in the response
-    assert task.reward(p, good[:13], good[13:]) == 0.0
+    assert task.reward(p, good[: good.index(tasks.EQUALS)], good[good.index(tasks.EQUALS) :]) == 0.0
     assert len(set(map(str, (q.answer for q in tasks.make_toy_task(12, 0, 8, 400, 0, 1).train)))) > 200  # a wide answer space
 
 
@@ -323,7 +323,8 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
     for length, hard in [(12, 0), (12, 1), (12, 7), (12, 11), (15, 14)]:
         for _ in range(20):
             params = tasks.params_with_hard_steps(rng, length, hard, 0)
-            assert len(params[2]) == length and tasks.toy_solve(params)[1] == hard
+            entries = tasks.toy_solve(params)[1]
+            assert len(params[2]) == length and sum(e is not None for e in entries) == hard
     def hard_positions(params):
         return tuple(b >= tasks.BIG for b in params[2])
 
@@ -361,5 +362,6 @@ def test_toy_families_have_their_own_rules():
     rng = np.random.default_rng(0)
     for teacher in tasks.TEACHERS:
         for p in task.train[:100]:
-            values = tasks.toy_solve(p.meta["params"], rng, 0.5, teacher)[0]
-            assert task.reward(p, [], tasks.toy_solution_ids(values)) == float(values == p.meta["values"])
+            values, entries = tasks.toy_solve(p.meta["params"], rng, 0.5, teacher)
+            right = values == p.meta["values"] and entries == p.meta["entries"]
+            assert task.reward(p, [], tasks.toy_solution_ids(values, entries)) == float(right)

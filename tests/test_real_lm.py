@@ -382,7 +382,7 @@ def test_traces_from_another_tokenizer_are_retokenized():
 
 def test_toy_traces_are_left_alone():
     task = tasks.make_toy_task(12, 1, 6, 2, 0, 0)
-    ids = tasks.toy_solution_ids(tasks.toy_solve(task.train[0].meta["params"])[0])
+    ids = tasks.toy_solution_ids(*tasks.toy_solve(task.train[0].meta["params"]))
     trace = utils.Trace(task.train[0].id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     assert tasks.retokenize_traces({trace.problem_id: trace}, task, tasks.toy_tokenizer())[trace.problem_id] is trace
 

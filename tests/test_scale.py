@@ -136,7 +136,7 @@ def test_export_rows_are_the_scripts_prompts_and_every_text_gives_its_ids(toy_ca
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 128, 64, 0)
     traces = {}
     for p in task.train:
-        ids = tasks.toy_solution_ids(tasks.toy_solve(p.meta["params"])[0])
+        ids = tasks.toy_solution_ids(*tasks.toy_solve(p.meta["params"]))
         traces[p.id] = utils.Trace(p.id, ids, task.decode(ids), 1, 1.0, [-0.1] * len(ids))
     path = str(tmp_path / "traces.json")
     utils.save_traces(path, {"source": "teacher"}, traces, {pid: 1 for pid in traces}, {pid: 1.0 for pid in traces})
