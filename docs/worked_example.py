@@ -134,13 +134,14 @@ positions differ; here this problem is the only one.) Each (problem, prefix) pai
         rows.append(["", "", "", "loss_mask", "", *("1" if m else "·" for m in loss_mask[i].tolist())])
     n = args.rollouts
     n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
-    hard_left, hard = sum(b >= tasks.BIG for b in adds[len(batch[0][1]):]), sum(b >= tasks.BIG for b in adds)
+    rest = tasks.toy_teacher_continuation(problem, batch[0][1], rng=None)  # the exact rest after the prefix
+    hard_left, hard = sum(tasks.VOCAB[i].startswith("r") for i in rest), sum(b >= tasks.BIG for b in adds)
     p_group = 1 - (1 - tasks.TEACHER_P_CORRECT ** hard_left) ** n
     tried = "" if seed == 0 else f" (seed{'s 0–' if seed > 1 else ' '}{seed - 1} gave none)"
     wins = int(sum(rewards[:n]))
     original = ("The original group is all-negative: every reward is 0, so every advantage is exactly 0, and it adds "
                 "nothing to the gradient. That is standard RL's stall on this toy, where the base model's pass@1 is "
-                "about 4.0e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
+                "about 1.7e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
     ending = textwrap.fill(f"The prefixed group has {wins} success{'es' if wins > 1 else ''} in {n}: its advantages are reward − "
                            f"{sum(rewards[:n]) / n:.3f} (the group mean), not all zero, so its rows carry a gradient, and only "
                            f"through their response tokens. {original}", width=105)
@@ -157,7 +158,7 @@ the policy continues:
 ```
 
 The responses stand in for the policy's samples: the noisy teacher, which takes the rule or the decoy on
-each hard step with probability {tasks.TEACHER_P_CORRECT} each (the base model: 0.50 for the rule, `bench/calibrate_toy.py`).
+each hard step's entry with probability {tasks.TEACHER_P_CORRECT} each (the base model: 0.49 for the rule's entry, `bench/calibrate_toy.py`).
 After this prefix {hard_left} hard steps are left, so a group of {n} has a success with probability
 1 − (1 − {tasks.TEACHER_P_CORRECT}^{hard_left})^{n} = {p_group:.2f}; the original prompt needs all {hard} right. The teacher's seed is {seed},
 the first from 0 whose prefixed group has a success{tried}.

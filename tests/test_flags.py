@@ -79,7 +79,7 @@ def test_zero_count_is_refused_before_loading(script, flag, least, tmp_path, no_
     (dict(max_new_tokens=-1), "--max-new-tokens must be >= 0"),
     (dict(level=7), r"--level must be in 1..6"),
     (dict(hard_min=5, hard_max=3), r"need 0 <= --hard-min <= --hard-max <= 11"),
-    (dict(toy_length=61), r"--toy-length must be in 2..60"),
+    (dict(toy_length=41), r"--toy-length must be in 2..40"),
     (dict(device="banana"), "--device must be cpu"),
     (dict(loss_agg="mean"), "--loss-agg must be one of token, sequence"),
     (dict(task="chess"), "--task must be 'toy', 'arith'"),
@@ -234,8 +234,8 @@ def test_reproduce_and_plot_flags(tmp_path):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
     with pytest.raises(utils.InputError, match="--extra must not give --run-dir"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--run-dir x", dry_run=True))
-    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 131"):
-        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--toy-length 36", dry_run=True))  # prompt 39, prefix 38, response 54
+    with pytest.raises(utils.InputError, match=r"method prefixrl_other_family .*: --model toy-gpt2 has 128 positions, but .* take 129"):
+        reproduce.main(reproduce.Args(out=str(tmp_path / "r"), extra="--max-new-tokens 114", dry_run=True))  # its traces: 15 + 114 tokens
     with pytest.raises(utils.InputError, match="--seeds must be >= 1, got 0"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), seeds=0, dry_run=True))
     assert not os.path.exists(tmp_path / "r")
