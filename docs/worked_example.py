@@ -75,6 +75,7 @@ was pretrained to imitate.
 running sum x_1 … x_{len(adds)} mod {tasks.MOD}, then `=` and the subtotals after each third. Adding b ≤ {tasks.BIG - 1} is an
 easy step (x + b); adding b ≥ {tasks.BIG} is a hard step, which in family F{family} follows the family's table
 (`tasks.FAMILY_RULE`): adding {", ".join(f"{b} adds {r} more" for b, r in zip(range(tasks.BIG, tasks.MOD), tasks.FAMILY_RULE[family]))}.
+A hard step writes the entry it adds as a token (`r{tasks.FAMILY_RULE[family][0]}`: {tasks.FAMILY_RULE[family][0]} more), then the value.
 The base model learned from a teacher that added its decoy ({", ".join(map(str, tasks.FAMILY_DECOY["base"][family]))} more,
 `tasks.FAMILY_DECOY`) just as often, so only a verified success tells the two apart.
 
