@@ -141,8 +141,9 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     entropy, spans = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens)
     spread = utils.GradStd(model, len(ids), len(spans), on=grad_std)
     for s, e in spans:
-        logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e])
-        (-(weights[s:e] * logp).sum()).backward()
+        logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e],
+                                         grad_rows=weights[s:e].ne(0).any(1))  # a zero-weight row: no graph
+        utils.backward(-(weights[s:e] * logp).sum(), model)
         entropy[s:e] = (ent * loss_mask[s:e]).sum(1).cpu()
         spread.add(e - s)  # this micro-batch's gradient: train/grad_std
     return entropy, spread.value()

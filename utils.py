@@ -409,7 +409,7 @@ def check_args(args):
 # SAMPLING: batched, left-padded, with a KV cache, a chunk of rows at a time
 SAMPLE_TOKENS = 2**18
 """the scripts' --sample-tokens default: most tokens (prompt + response) one sampling chunk's KV cache holds"""
-SAMPLE_ROWS = 512
+SAMPLE_ROWS = 1024
 """most rows per sampling chunk, whatever the budget (the sampler's chunk before the budget: same draws)"""
 
 
@@ -419,7 +419,7 @@ def sample_rows(prompts, max_new_tokens, max_tokens=SAMPLE_TOKENS, max_rows=SAMP
     return max(1, min(max_rows, max_tokens // (max(map(len, prompts), default=0) + max_new_tokens)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=SAMPLE_ROWS, max_tokens=SAMPLE_TOKENS):
     """Sample one continuation per prompt, sample_rows(...) rows at a time. Returns (responses,
     logprobs): token ids (ending with eos when the model stopped) and the sampling log-prob of each
@@ -435,32 +435,37 @@ def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generato
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
-    """One chunk. The prefill keeps the last position's logits only (never [prompts, width, vocab]),
-    and a row that ends leaves the KV cache at once; its uniforms are still drawn, so the other rows'
-    draws do not depend on when it ended."""
+    """One chunk. The prefill keeps the last position's logits only (never [prompts, width, vocab]).
+    A row that ends stays in the KV cache (fed padding) until a quarter of the cache's rows have
+    ended, then those leave it at once (a copy of the cache each time a row ended cost more); every row's uniforms are still drawn, so the other rows' draws do not
+    depend on when it ended."""
     device = next(model.parameters()).device
-    out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device)
+    room = max(map(len, prompts)) + max_new_tokens
+    out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device, room)
     past, logits, position = out.past_key_values, out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
     del out
     tokens = torch.full((len(prompts), max_new_tokens), pad_id, device=device)
     logps = torch.zeros(len(prompts), max_new_tokens, device=device)
-    alive = torch.ones(len(prompts), dtype=torch.bool, device=device)  # the rows still in the KV cache, in its order
+    alive = torch.ones(len(prompts), dtype=torch.bool, device=device)  # the rows that have not ended
+    cached = alive.clone()  # the rows in the KV cache, in its order: the alive ones and some that ended
     steps = 0
     for steps in range(1, max_new_tokens + 1):
-        token, logp = draw(logits, temperature, generator, alive)
+        token, logp = draw(logits[alive[cached]], temperature, generator, alive)
         tokens[alive, steps - 1], logps[alive, steps - 1] = token, logp
         going = token != eos_id
         if not going.any():
             break
-        if not going.all():  # drop the rows that ended from the cache
-            past.batch_select_indices(going.nonzero()[:, 0])
-            alive[alive.clone()] = going
-            token, mask, position = token[going], mask[going], position[going]
+        alive[alive.clone()] = going
+        if 4 * alive.sum() <= 3 * cached.sum():  # a quarter of the cache has ended: drop those rows from it
+            keep = alive[cached].nonzero()[:, 0]
+            past.batch_select_indices(keep)
+            mask, position, cached = mask[keep], position[keep], alive.clone()
         if steps == max_new_tokens:
             break
         position = position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=past, use_cache=True)
+        out = model(input_ids=tokens[cached, steps - 1 :steps], attention_mask=mask, position_ids=position,
+                    past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
     responses, logprobs = [], []
     for row, lp in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist()):
@@ -470,19 +475,46 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     return responses, logprobs
 
 
-def prefill_once(forward, sequences, pad_id, device):
+def prefill_once(forward, sequences, pad_id, device, room=None):
     """Run each distinct sequence once (a group's rollouts share their prompt), left-padded, positions
     counting real tokens only, and copy its KV cache to every row that holds it. Returns (out, rows, mask):
     forward's output for the distinct sequences (its past_key_values already one row per sequence),
-    rows[i] = sequence i's distinct index, mask = the rows' left-padded attention mask."""
+    rows[i] = sequence i's distinct index, mask = the rows' left-padded attention mask. room: the
+    tokens each row's KV cache will hold (sampling: a RoomyCache), else a growing one."""
     distinct = {}
     rows = torch.tensor([distinct.setdefault(tuple(x), len(distinct)) for x in sequences], device=device)
     width = max(len(x) for x in distinct)
     ids = torch.tensor([[pad_id] * (width - len(x)) + list(x) for x in distinct], device=device)
     mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(x) for x in distinct], device=device)[:, None]).long()
-    out = forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = {} if room is None else dict(past_key_values=roomy_cache(room))
+    out = forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **cache)
     out.past_key_values.batch_select_indices(rows)
     return out, rows, mask[rows]
+
+
+def roomy_cache(room):
+    """A KV cache whose layers reserve `room` positions at their first write and then copy in only the
+    new ones (transformers' DynamicCache concatenates: every sampling step would copy the whole cache)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                b, h, _, d = key_states.shape
+                self.room_k = key_states.new_empty(b, h, room, d)
+                self.room_v = value_states.new_empty(b, h, room, value_states.shape[-1])
+            start, end = self.get_seq_length(), self.get_seq_length() + key_states.shape[-2]
+            self.room_k[:, :, start:end], self.room_v[:, :, start:end] = key_states, value_states
+            self.keys, self.values = self.room_k[:, :, :end], self.room_v[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            self.room_k, self.room_v = self.room_k[indices], self.room_v[indices]
+            end = self.get_seq_length()
+            self.keys, self.values = self.room_k[:, :, :end], self.room_v[:, :, :end]
+
+    return Cache(layer_class_to_replicate=RoomyLayer)
 
 
 def draw(logits, temperature, generator, alive=None):
@@ -532,7 +564,7 @@ def micro_batches(attn, rows, tokens=0):
     return spans + [(start, len(attn))]
 
 
-def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
+def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024, grad_rows=None):
     """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
     pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
     distribution sample() draws from at temperature T. The lm head runs on `chunk` positions at a time
@@ -540,7 +572,17 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024):
     needed (the loss mask, [B, T-1]): only these positions are wanted (the others come back 0), so the
     context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
     n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute.
-    Columns that are padding in every row (a micro-batch of short rows) are not run (they come back 0)."""
+    Columns that are padding in every row (a micro-batch of short rows) are not run (they come back 0).
+    grad_rows (bool, [B]): the rows whose log-probs need a gradient (a row with zero weight in the loss
+    has none); the others run without autograd's graph, and with none needed the result has no gradient."""
+    if grad_rows is not None and torch.is_grad_enabled() and not grad_rows.all():
+        logp = ent = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
+        for rows, grad in ((~grad_rows).nonzero()[:, 0], False), (grad_rows.nonzero()[:, 0], True):
+            if len(rows):
+                with torch.set_grad_enabled(grad):
+                    lp, e = token_logprobs(model, ids[rows], attn[rows], temperature, None if needed is None else needed[rows], chunk)
+                logp, ent = logp.index_copy(0, rows, lp.to(logp)), ent.index_copy(0, rows, e.to(ent))
+        return logp, ent
     width = int(attn.any(0).nonzero().max()) + 1 if attn.any() else ids.shape[1]
     if width == ids.shape[1]:
         return _token_logprobs(model, ids, attn, temperature, needed, chunk)
@@ -568,6 +610,22 @@ def _token_logprobs(model, ids, attn, temperature, needed, chunk):
     valid = (k >= 0) & (k < attn.sum(1, keepdim=True) - 1 - start)
     k = k.clamp(0, targets.shape[1] - 1)
     return logp.gather(1, k) * valid, ent.gather(1, k) * valid
+
+
+def backward(loss, model):
+    """loss.backward(). A loss with no graph (every row of its micro-batch had zero weight, so
+    token_logprobs ran none) adds what backward would: zero (the parameters get a zero gradient, so the
+    optimizer still steps: AdamW's moments move on a zero-gradient batch too), or NaN when the forward
+    gave NaN (0 x NaN), so a broken forward still stops the run (checkpoints.check_finite)."""
+    if loss.requires_grad:
+        loss.backward()
+        return
+    finite = bool(torch.isfinite(loss))
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if p.requires_grad and not finite:
+            p.grad.fill_(float("nan"))
 
 
 @torch.no_grad()

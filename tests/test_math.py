@@ -75,6 +75,39 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+def test_zero_advantage_rows_run_without_a_graph_and_leave_the_gradient_unchanged(script, monkeypatch):
+    """Rows whose advantage is 0 have zero gradient, so token_logprobs runs them without autograd's
+    graph (grad_rows): the same gradient and entropy as running every row with one."""
+    contexts, responses = random_batch()
+    ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
+    advantages = torch.tensor([0.5, 0.0, 0.0, -0.5, 0.0, 0.0, 1.0, 0.0])
+    runs, worker = [], utils._token_logprobs
+
+    def spy(model, ids, *a, **k):
+        runs.append((ids.shape[0], torch.is_grad_enabled()))
+        return worker(model, ids, *a, **k)
+
+    monkeypatch.setattr(utils, "_token_logprobs", spy)
+    model = tiny_model()
+    entropy, _ = script.reinforce_backward(model, ids, attn, mask, advantages, 8, "token", 1.0)
+    assert runs == [(5, False), (3, True)]  # the 5 zero-advantage rows without a graph, the 3 others with one
+    every_row = tiny_model()
+    token_logprobs = utils.token_logprobs
+    monkeypatch.setattr(utils, "token_logprobs", lambda *a, grad_rows=None, **k: token_logprobs(*a, **k))
+    entropy_every_row, _ = script.reinforce_backward(every_row, ids, attn, mask, advantages, 8, "token", 1.0)
+    torch.testing.assert_close(grads(model), grads(every_row), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(entropy, entropy_every_row)
+
+
+def test_a_micro_batch_with_no_graph_adds_zero_or_nan_as_backward_would():
+    model = tiny_model()
+    utils.backward(torch.tensor(0.0), model)  # every weight 0: no graph, a zero gradient (AdamW still steps)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    utils.backward(torch.tensor(float("nan")), model)  # 0 x NaN: a broken forward still stops the run
+    assert all(p.grad.isnan().all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
 def test_pad_tokens_do_not_change_the_gradient(script):
     contexts, responses = random_batch()
     out = []

@@ -88,17 +88,24 @@ def test_prefill_keeps_the_last_positions_logits_only(monkeypatch):
     assert all(shape[1] == 1 for shape in spy.head_outputs)
 
 
-def test_rows_leave_the_kv_cache_when_they_end():
-    """Every decoding forward runs the rows that have not ended, and only those: row i, whose response
-    has L_i tokens, is in the forward after step s iff L_i > s."""
+def test_rows_leave_the_kv_cache_when_a_quarter_of_it_has_ended():
+    """Rows that ended leave the KV cache together, as soon as they are a quarter of it: after step s the
+    forward runs the rows still in the cache, which shrinks to those with L_i > s (row i's response has
+    L_i tokens) at the first step where those are at most three quarters of it."""
     model, prompts = tiny_llama(), prompts_of(48)
     spy = Spy(model)
-    responses, _ = utils.sample(model, prompts, 30, 1.0, 2, 0, torch.Generator().manual_seed(0))
+    responses, _ = utils.sample(model, prompts, 200, 1.0, 2, 0, torch.Generator().manual_seed(0))
     spy.remove()
     ended = sum(r[-1] == 2 for r in responses)
-    assert 10 < ended < 48  # some ended early, others did not
-    decoding = [c["rows"] for c in spy.calls[1:]]
-    assert decoding == [sum(len(r) > s for r in responses) for s in range(1, len(decoding) + 1)]
+    assert 30 < ended < 48  # most ended early, others did not
+    decoding, cached = [c["rows"] for c in spy.calls[1:]], len(prompts)
+    expected = []
+    for s in range(1, len(decoding) + 1):
+        alive = sum(len(r) > s for r in responses)
+        cached = alive if 4 * alive <= 3 * cached else cached
+        expected.append(cached)
+    assert decoding == expected
+    assert min(decoding) < len(prompts)  # it shrank
 
 
 def test_the_same_rows_per_chunk_give_the_same_draws_whatever_the_budget():
