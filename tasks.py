@@ -78,6 +78,7 @@ def toy_vocab() -> list[str]:
 VOCAB = toy_vocab()
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 PAD, BOS, EOS, EQUALS = (WORD_ID[w] for w in ["<pad>", "<bos>", "<eos>", "="])
+ENTRIES = frozenset(WORD_ID[f"r{k}"] for k in range(MOD))  # the table-entry tokens a hard step writes first
 BIG = 8  # adding b >= BIG is a hard step: 4 of the 12 numbers, each an entry of its family's table
 MAX_TOY_LENGTH = 40  # prompt and solution (at most 3L + 7 tokens) fit the toy base model's 128 positions
 TEACHERS = ("base", "other")
@@ -174,7 +175,7 @@ def toy_solution_ids(values: list[int], entries: list) -> list[int]:
 def toy_step_ends(solution_ids: list[int]) -> list[int]:
     """Index (in the solution) one past each step's tokens: step k is solution_ids[ends[k-1]:ends[k]]."""
     reasoning = solution_ids[: solution_ids.index(EQUALS)] if EQUALS in solution_ids else solution_ids
-    return [k + 1 for k, i in enumerate(reasoning) if not VOCAB[i].startswith("r")]
+    return [k + 1 for k, i in enumerate(reasoning) if i not in ENTRIES]
 
 
 def toy_teacher_continuation(problem: Problem, prefix_ids, rng, p_correct: float = TEACHER_P_CORRECT,
@@ -184,11 +185,11 @@ def toy_teacher_continuation(problem: Problem, prefix_ids, rng, p_correct: float
     first. With rng None, the exact rest."""
     family, x0, adds = problem.meta["params"]
     values, entries, pending = [], [], None
-    for word in (VOCAB[i] for i in prefix_ids):
-        if word.startswith("r"):
-            pending = int(word[1:])
+    for i in prefix_ids:
+        if i in ENTRIES:
+            pending = int(VOCAB[i][1:])
         else:
-            values, entries, pending = values + [int(word)], entries + [pending], None
+            values, entries, pending = values + [int(VOCAB[i])], entries + [pending], None
     if pending is not None:  # the entry is written, its value not yet
         values.append(((values[-1] if values else x0) + adds[len(values)] + pending) % MOD)
         entries.append(pending)

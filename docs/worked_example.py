@@ -136,7 +136,7 @@ positions differ; here this problem is the only one.) Each (problem, prefix) pai
     n = args.rollouts
     n_prefixed = args.prompts_per_step if args.prefixed_only else round(args.prompts_per_step * args.prefixed_fraction)
     rest = tasks.toy_teacher_continuation(problem, batch[0][1], rng=None)  # the exact rest after the prefix
-    hard_left, hard = sum(tasks.VOCAB[i].startswith("r") for i in rest), sum(b >= tasks.BIG for b in adds)
+    hard_left, hard = sum(i in tasks.ENTRIES for i in rest), sum(b >= tasks.BIG for b in adds)
     p_group = 1 - (1 - tasks.TEACHER_P_CORRECT ** hard_left) ** n
     tried = "" if seed == 0 else f" (seed{'s 0–' if seed > 1 else ' '}{seed - 1} gave none)"
     wins = int(sum(rewards[:n]))

@@ -314,7 +314,7 @@ def test_every_default_prefix_leaves_a_hard_step_and_the_teacher_does_not_just_c
     traces = toy_traces(task, task.train)
     for p, prefix in utils.cut_prefixes(task, task.train, traces, 3, 0.4, 0.8, seed=0):
         rest = tasks.toy_teacher_continuation(p, prefix, rng=None)
-        assert any(tasks.VOCAB[i].startswith("r") for i in rest), p.id  # an entry left to write
+        assert any(i in tasks.ENTRIES for i in rest), p.id  # an entry left to write
     rng, wins = np.random.default_rng(0), []
     for p in task.train:
         prefix = traces[p.id].token_ids[: round(0.8 * task.reasoning_end(p, traces[p.id].token_ids))]
@@ -336,7 +336,7 @@ def test_toy_reward_needs_a_whole_solution_written_by_the_policy():
     bump(wrong_step, 3 if tasks.VOCAB[good[3]].isdigit() else 4)
     assert task.reward(p, [], wrong_step) == 0.0  # every value is checked: two decoys can cancel
     wrong_entry = list(good)
-    bump(wrong_entry, next(i for i, w in enumerate(good) if tasks.VOCAB[w].startswith("r")))
+    bump(wrong_entry, next(i for i, w in enumerate(good) if w in tasks.ENTRIES))
     assert task.reward(p, [], wrong_entry) == 0.0  # and every entry written
     wrong_answer = list(good)
     bump(wrong_answer, len(good) - 2)
