@@ -437,8 +437,8 @@ def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generato
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
     """One chunk. The prefill keeps the last position's logits only (never [prompts, width, vocab]).
     A row that ends stays in the KV cache (fed padding) until a quarter of the cache's rows have
-    ended, then those leave it at once (a copy of the cache each time a row ended cost more); every row's uniforms are still drawn, so the other rows' draws do not
-    depend on when it ended."""
+    ended, then those leave it together (a copy of the cache at every ending cost more). Every row's
+    uniforms are still drawn, so the other rows' draws do not depend on when it ended."""
     device = next(model.parameters()).device
     room = max(map(len, prompts)) + max_new_tokens
     out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device, room)
@@ -480,7 +480,7 @@ def prefill_once(forward, sequences, pad_id, device, room=None):
     counting real tokens only, and copy its KV cache to every row that holds it. Returns (out, rows, mask):
     forward's output for the distinct sequences (its past_key_values already one row per sequence),
     rows[i] = sequence i's distinct index, mask = the rows' left-padded attention mask. room: the
-    tokens each row's KV cache will hold (sampling: a RoomyCache), else a growing one."""
+    tokens each row's KV cache will hold (sampling: roomy_cache), else transformers' growing one."""
     distinct = {}
     rows = torch.tensor([distinct.setdefault(tuple(x), len(distinct)) for x in sequences], device=device)
     width = max(len(x) for x in distinct)
@@ -613,19 +613,17 @@ def _token_logprobs(model, ids, attn, temperature, needed, chunk):
 
 
 def backward(loss, model):
-    """loss.backward(). A loss with no graph (every row of its micro-batch had zero weight, so
-    token_logprobs ran none) adds what backward would: zero (the parameters get a zero gradient, so the
-    optimizer still steps: AdamW's moments move on a zero-gradient batch too), or NaN when the forward
-    gave NaN (0 x NaN), so a broken forward still stops the run (checkpoints.check_finite)."""
+    """loss.backward(), and what it would add for rows token_logprobs ran without a graph (grad_rows):
+    zero (a micro-batch with no graph still leaves a zero gradient, so the optimizer steps: AdamW's
+    moments move on a zero-gradient batch too), or NaN when their forward gave NaN (0 x NaN in the
+    loss), so a broken forward still stops the run (checkpoints.check_finite). No sync with the device."""
     if loss.requires_grad:
         loss.backward()
-        return
-    finite = bool(torch.isfinite(loss))
     for p in model.parameters():
-        if p.requires_grad and p.grad is None:
-            p.grad = torch.zeros_like(p)
-        if p.requires_grad and not finite:
-            p.grad.fill_(float("nan"))
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(0 * loss.detach())  # + 0, or NaN when the loss is NaN
 
 
 @torch.no_grad()

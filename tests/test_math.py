@@ -105,6 +105,10 @@ def test_a_micro_batch_with_no_graph_adds_zero_or_nan_as_backward_would():
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     utils.backward(torch.tensor(float("nan")), model)  # 0 x NaN: a broken forward still stops the run
     assert all(p.grad.isnan().all() for p in model.parameters())
+    model.zero_grad()
+    with_graph = sum(p.sum() for p in model.parameters()) * 0 + float("nan")  # NaN only in rows without a graph
+    utils.backward(with_graph, model)
+    assert all(p.grad.isnan().all() for p in model.parameters())
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
