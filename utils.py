@@ -488,8 +488,19 @@ def prefill_once(forward, sequences, pad_id, device, room=None):
     mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(x) for x in distinct], device=device)[:, None]).long()
     cache = {} if room is None else dict(past_key_values=roomy_cache(room))
     out = forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **cache)
-    out.past_key_values.batch_select_indices(rows)
+    select_rows(out.past_key_values, rows)
     return out, rows, mask[rows]
+
+
+def select_rows(cache, rows):
+    """cache.batch_select_indices(rows) by index_select: its backward (index_add) sums a context's copies
+    in a fixed order; indexing's (index_put with accumulate) does not on a multi-threaded CPU, so one
+    seed would give other bytes from one process to the next."""
+    for layer in cache.layers:
+        if hasattr(layer, "room_k"):  # roomy_cache's
+            layer.batch_select_indices(rows)
+        else:
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def roomy_cache(room):
@@ -510,7 +521,7 @@ def roomy_cache(room):
             return self.keys, self.values
 
         def batch_select_indices(self, indices):
-            self.room_k, self.room_v = self.room_k[indices], self.room_v[indices]
+            self.room_k, self.room_v = self.room_k.index_select(0, indices), self.room_v.index_select(0, indices)
             end = self.get_seq_length()
             self.keys, self.values = self.room_k[:, :, :end], self.room_v[:, :, :end]
 
@@ -706,7 +717,7 @@ def _shared_context_hidden(model, ids, attn, starts):
     with _layers_read_the_cache(model, out.past_key_values) if recompute else contextlib.nullcontext():
         tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
                                        past_key_values=out.past_key_values, use_cache=True).last_hidden_state
-    return torch.cat([out.last_hidden_state[rows, -1:], tail_hidden[:, :-1]], 1), tail
+    return torch.cat([out.last_hidden_state[:, -1:].index_select(0, rows), tail_hidden[:, :-1]], 1), tail  # index_select: as select_rows
 
 
 def _head_logprobs(model, h, t, temperature):

@@ -3,6 +3,9 @@
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,6 +112,31 @@ def test_a_micro_batch_with_no_graph_adds_zero_or_nan_as_backward_would():
     with_graph = sum(p.sum() for p in model.parameters()) * 0 + float("nan")  # NaN only in rows without a graph
     utils.backward(with_graph, model)
     assert all(p.grad.isnan().all() for p in model.parameters())
+
+
+SHARED_CONTEXT_GRADIENT = """
+import hashlib, torch, transformers, models, utils
+torch.set_num_threads(2)
+torch.manual_seed(0)  # rows x context x hidden above ATen's grain size (32,768): the threads split the work
+model = transformers.LlamaForCausalLM(models.toy_config(hidden_size=128, intermediate_size=128, num_hidden_layers=1))
+g = torch.Generator().manual_seed(0)
+context, responses = torch.randint(5, 40, (40,), generator=g).tolist(), torch.randint(5, 40, (8, 10), generator=g).tolist()
+ids, attn, mask = utils.make_batch([context] * 8, responses, 0, "cpu")
+logp, _ = utils.token_logprobs(model, ids, attn, 1.0, mask)  # the context runs once, its rows continue from its KV cache
+(logp * torch.randn(logp.shape, generator=g)).sum().backward()
+print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_a_shared_context_gives_the_same_gradient_bytes_in_every_process():
+    """The 8 rows' gradients reach their one context summed in a fixed order (index_select's backward),
+    at 2 threads too: x[rows]'s backward (index_put, accumulating) sums them in the order the threads
+    get there, and the same seed gave other bytes from one process to the next (only a multi-core
+    machine can show it; CI's has 2 cores)."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = [sys.executable, "-c", SHARED_CONTEXT_GRADIENT]
+    hashes = {subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout for _ in range(3)}
+    assert len(hashes) == 1, hashes
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
