@@ -131,22 +131,20 @@ def reinforce_backward(model, ids, attn, loss_mask, advantages, micro_batch, los
     micro-batches (micro_batch rows, or as many as fit micro_tokens tokens: utils.micro_batches),
     pi_T the policy at the sampling temperature T, the distribution the rollouts came from. The
     per-token weights w are fixed for the whole batch first, so splitting changes nothing. Returns
-    (entropy, grad_std): entropy[i], the policy entropy summed over rollout i's sampled tokens, and
-    how much the micro-batches' gradients disagree (utils.GradStd; None without grad_std)."""
+    how much the micro-batches' gradients disagree (train/grad_std: utils.GradStd; None without grad_std)."""
     if loss_agg == "token":
         weights = loss_mask / loss_mask.sum()
     else:
         weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)
     weights = weights * advantages[:, None].to(weights)
-    entropy, spans = torch.zeros(len(ids)), utils.micro_batches(attn, micro_batch, micro_tokens)
+    spans = utils.micro_batches(attn, micro_batch, micro_tokens)
     spread = utils.GradStd(model, len(ids), len(spans), on=grad_std)
     for s, e in spans:
-        logp, ent = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e],
-                                         grad_rows=weights[s:e].ne(0).any(1))  # a zero-weight row: no graph
+        logp = utils.token_logprobs(model, ids[s:e], attn[s:e], temperature, loss_mask[s:e],
+                                    rows=weights[s:e].ne(0).any(1))[0]  # a zero-weight row adds nothing: not run
         utils.backward(-(weights[s:e] * logp).sum(), model)
-        entropy[s:e] = (ent * loss_mask[s:e]).sum(1).cpu()
         spread.add(e - s)  # this micro-batch's gradient: train/grad_std
-    return entropy, spread.value()
+    return spread.value()
 
 
 def main(args: Args):
@@ -201,20 +199,21 @@ def main(args: Args):
         batch = utils.choose(rng, originals, args.prompts_per_step)
         prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
         contexts = [p.prompt_ids for p in prompts]
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature,
-                                    task.eos_id, task.pad_id, generator,
-                                    max_tokens=args.sample_tokens)
+        responses, _, entropies = utils.sample(model, contexts, task.max_new_tokens, args.temperature,
+                                               task.eos_id, task.pad_id, generator,
+                                               max_tokens=args.sample_tokens)
         rewards = [task.reward(p, [], r) for p, r in zip(prompts, responses)]
 
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         model.train()
-        entropy, grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages,
-                                               args.micro_batch, args.loss_agg, args.temperature,
-                                               args.micro_batch_tokens, args.grad_std)
+        grad_std = reinforce_backward(model, ids, attn, loss_mask, advantages,
+                                      args.micro_batch, args.loss_agg, args.temperature,
+                                      args.micro_batch_tokens, args.grad_std)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
-        ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm)
+        entropy = utils.mean_entropy(entropies)  # the sampler's: NaN logits stop the run here too
+        ckpt.check_finite(f"step {step + 1}", grad_norm=grad_norm, entropy=entropy)
         optimizer.step()
         optimizer.zero_grad()  # the gradients are freed now, before sampling needs the memory
 
@@ -228,7 +227,7 @@ def main(args: Args):
             "train/reward_no_prefix": float(np.mean(rewards)),
             "train/all_negative_frac": float((groups.max(1) == 0).mean()),
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
-            "train/entropy": float(entropy.sum() / loss_mask.sum()),
+            "train/entropy": entropy,
             "train/response_len": float(np.mean([len(r) for r in responses])),
             "time": time.time() - start,
         })

@@ -422,16 +422,17 @@ def sample_rows(prompts, max_new_tokens, max_tokens=SAMPLE_TOKENS, max_rows=SAMP
 @torch.inference_mode()
 def sample(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, batch_size=SAMPLE_ROWS, max_tokens=SAMPLE_TOKENS):
     """Sample one continuation per prompt, sample_rows(...) rows at a time. Returns (responses,
-    logprobs): token ids (ending with eos when the model stopped) and the sampling log-prob of each
-    token, at this temperature. The same rows per chunk give the same draws whatever the budget."""
-    responses, logprobs = [], []
+    logprobs, entropies): token ids (ending with eos when the model stopped), and at each token the
+    sampling log-prob and the entropy of the distribution it was drawn from, at this temperature. The
+    same rows per chunk give the same draws whatever the budget."""
+    out = [], [], []
     rows = sample_rows(prompts, max_new_tokens, max_tokens, batch_size)
     for start in range(0, len(prompts), rows):
         with autocast(next(model.parameters()).device):
-            r, lp = _sample_batch(model, prompts[start : start + rows], max_new_tokens, temperature, eos_id, pad_id, generator)
-        responses += r
-        logprobs += lp
-    return responses, logprobs
+            chunk = _sample_batch(model, prompts[start : start + rows], max_new_tokens, temperature, eos_id, pad_id, generator)
+        for lists, more in zip(out, chunk):
+            lists += more
+    return out
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator):
@@ -446,12 +447,13 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     del out
     tokens = torch.full((len(prompts), max_new_tokens), pad_id, device=device)
     logps = torch.zeros(len(prompts), max_new_tokens, device=device)
+    entropies = torch.zeros(len(prompts), max_new_tokens, device=device)
     alive = torch.ones(len(prompts), dtype=torch.bool, device=device)  # the rows that have not ended
     cached = alive.clone()  # the rows in the KV cache, in its order: the alive ones and some that ended
     steps = 0
     for steps in range(1, max_new_tokens + 1):
-        token, logp = draw(logits[alive[cached]], temperature, generator, alive)
-        tokens[alive, steps - 1], logps[alive, steps - 1] = token, logp
+        token, logp, entropy = draw(logits[alive[cached]], temperature, generator, alive)
+        tokens[alive, steps - 1], logps[alive, steps - 1], entropies[alive, steps - 1] = token, logp, entropy
         going = token != eos_id
         if not going.any():
             break
@@ -467,12 +469,13 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         out = model(input_ids=tokens[cached, steps - 1 :steps], attention_mask=mask, position_ids=position,
                     past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
-    responses, logprobs = [], []
-    for row, lp in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist()):
+    responses, logprobs, entropy = [], [], []
+    for row, lp, h in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist(), entropies[:, :steps].tolist()):
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
         responses.append(row[:n])
         logprobs.append(lp[:n])
-    return responses, logprobs
+        entropy.append(h[:n])
+    return responses, logprobs, entropy
 
 
 def prefill_once(forward, sequences, pad_id, device, room=None):
@@ -529,7 +532,8 @@ def roomy_cache(room):
 
 
 def draw(logits, temperature, generator, alive=None):
-    """One token per row from softmax(logits / temperature), and its log-prob. Inverse CDF, on the
+    """One token per row from softmax(logits / temperature), its log-prob, and the distribution's entropy
+    (train/entropy: the policy's, on the tokens it sampled, at no extra forward). Inverse CDF, on the
     logits' device: one uniform per row comes from `generator` (wherever it lives: B numbers, never the
     vocabulary) and a search in the cumulative sums picks the token, so the full-vocabulary
     probabilities never leave the device, and the same uniforms give the same tokens on any device.
@@ -538,12 +542,14 @@ def draw(logits, temperature, generator, alive=None):
     scaled = logits.float() / temperature
     top = scaled.amax(-1, keepdim=True)
     weights = (scaled - top).exp()
-    log_norm = top[:, 0] + weights.sum(-1).log()
+    norm = weights.sum(-1)
+    log_norm = top[:, 0] + norm.log()
+    entropy = norm.log() - (weights * (scaled - top)).sum(-1) / norm  # -sum p log p, p = weights / norm
     cdf = weights.cumsum_(-1)
     u = torch.rand(len(scaled) if alive is None else len(alive), 1, generator=generator, device=generator.device).to(scaled.device)
     u = u if alive is None else u[alive]
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=scaled.shape[-1] - 1)
-    return token, scaled.gather(-1, token[:, None])[:, 0] - log_norm
+    return token, scaled.gather(-1, token[:, None])[:, 0] - log_norm, entropy
 
 
 # LOG-PROBS: per token, from hidden states, a chunk of positions at a time
@@ -575,7 +581,7 @@ def micro_batches(attn, rows, tokens=0):
     return spans + [(start, len(attn))]
 
 
-def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024, grad_rows=None):
+def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024, rows=None):
     """log pi_T(token_{t+1} | tokens_<=t) and the entropy of pi_T at each position, shape [B, T-1], where
     pi_T = softmax(logits / T) and the logits are exactly those model(...) returns (output_logits): the
     distribution sample() draws from at temperature T. The lm head runs on `chunk` positions at a time
@@ -584,15 +590,14 @@ def token_logprobs(model, ids, attn, temperature=1.0, needed=None, chunk=1024, g
     context in front of them (prompt, and prefix in PrefixRL) is shared: rows with the same context, the
     n rollouts of a group, run it once, as sample() does. Same values and gradient, less compute.
     Columns that are padding in every row (a micro-batch of short rows) are not run (they come back 0).
-    grad_rows (bool, [B]): the rows whose log-probs need a gradient (a row with zero weight in the loss
-    has none); the others run without autograd's graph, and with none needed the result has no gradient."""
-    if grad_rows is not None and torch.is_grad_enabled() and not grad_rows.all():
+    rows (bool, [B]): run only these rows, the others come back 0 (the loss: a row with zero weight
+    adds nothing to it or its gradient); with none, the result has no gradient."""
+    if rows is not None and not rows.all():
         logp = ent = torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
-        for rows, grad in ((~grad_rows).nonzero()[:, 0], False), (grad_rows.nonzero()[:, 0], True):
-            if len(rows):
-                with torch.set_grad_enabled(grad):
-                    lp, e = token_logprobs(model, ids[rows], attn[rows], temperature, None if needed is None else needed[rows], chunk)
-                logp, ent = logp.index_copy(0, rows, lp.to(logp)), ent.index_copy(0, rows, e.to(ent))
+        run = rows.nonzero()[:, 0]
+        if len(run):
+            lp, e = token_logprobs(model, ids[run], attn[run], temperature, None if needed is None else needed[run], chunk)
+            logp, ent = logp.index_copy(0, run, lp.to(logp)), ent.index_copy(0, run, e.to(ent))
         return logp, ent
     width = int(attn.any(0).nonzero().max()) + 1 if attn.any() else ids.shape[1]
     if width == ids.shape[1]:
@@ -624,10 +629,10 @@ def _token_logprobs(model, ids, attn, temperature, needed, chunk):
 
 
 def backward(loss, model):
-    """loss.backward(), and what it would add for rows token_logprobs ran without a graph (grad_rows):
-    zero (a micro-batch with no graph still leaves a zero gradient, so the optimizer steps: AdamW's
-    moments move on a zero-gradient batch too), or NaN when their forward gave NaN (0 x NaN in the
-    loss), so a broken forward still stops the run (checkpoints.check_finite). No sync with the device."""
+    """loss.backward(). A micro-batch whose rows all have zero weight ran none (token_logprobs' rows):
+    its loss has no graph and adds zero, and every gradient still exists (zeros), so the optimizer steps
+    as on any zero-gradient batch (AdamW's moments move) and GradStd counts it. A NaN loss makes every
+    gradient NaN, graph or not, so it stops the run (checkpoints.check_finite). No sync with the device."""
     if loss.requires_grad:
         loss.backward()
     for p in model.parameters():
@@ -635,6 +640,14 @@ def backward(loss, model):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             p.grad.add_(0 * loss.detach())  # + 0, or NaN when the loss is NaN
+
+
+def mean_entropy(entropies):
+    """train/entropy: the policy's mean entropy over the tokens it sampled (sample()'s entropies, of the
+    very distributions they were drawn from); None when there are none. NaN when the policy's logits are:
+    the scripts stop on it (checkpoints.check_finite), also in a step where no row has a gradient."""
+    tokens = [h for row in entropies for h in row]
+    return float(np.mean(tokens)) if tokens else None
 
 
 @torch.no_grad()
@@ -1032,7 +1045,7 @@ def evaluate(model, task, problems, n, temperature, generator, ks=(1, 8), contex
     ({k: mean pass@k}, per-problem correct counts)."""
     contexts = contexts or [p.prompt_ids for p in problems]
     prompts = [c for c in contexts for _ in range(n)]
-    responses, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, max_tokens=max_tokens)
+    responses, _, _ = sample(model, prompts, task.max_new_tokens, temperature, task.eos_id, task.pad_id, generator, max_tokens=max_tokens)
     counts = [0] * len(problems)
     for i, (ctx, resp) in enumerate(zip(prompts, responses)):
         p = problems[i // n]
@@ -1155,7 +1168,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
             todo = [(p, min(per, budget - attempts[p.id])) for p in active]
             prompts = [p.prompt_ids for p, m in todo for _ in range(m)]
             owners = [p for p, m in todo for _ in range(m)]
-            responses, logprobs = sample(model, prompts, task.max_new_tokens, temperature,
+            responses, logprobs, _ = sample(model, prompts, task.max_new_tokens, temperature,
                                          task.eos_id, task.pad_id, generator, batch_size,
                                          max_tokens)
             for p, resp, lp in zip(owners, responses, logprobs):

@@ -59,7 +59,7 @@ def main(args: Args):
             correct = 0
             for s in tqdm(range(0, args.budget, args.batch), desc=f"level {level} {p.id}", mininterval=5, leave=False):
                 n = min(args.batch, args.budget - s)
-                responses, _ = utils.sample(model, [p.prompt_ids] * n, task.max_new_tokens, 1.0, task.eos_id, task.pad_id, generator)
+                responses, _, _ = utils.sample(model, [p.prompt_ids] * n, task.max_new_tokens, 1.0, task.eos_id, task.pad_id, generator)
                 correct += sum(task.reward(p, [], r) for r in responses)
             counts.append(int(correct))
             print(f"level {level} {p.id}: {int(correct)}/{args.budget} correct  ({p.meta['text'][:70]}...)", flush=True)

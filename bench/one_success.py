@@ -65,7 +65,7 @@ def main(args: prefixrl.Args):
         batch = [p for p in [lucky] + [originals[i] for i in rng.choice(len(originals), args.prompts_per_step - 1)] for _ in range(args.rollouts)]
         contexts = [p.prompt_ids for p in batch]
         model.eval()
-        responses, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
+        responses, _, _ = utils.sample(model, contexts, task.max_new_tokens, args.temperature, task.eos_id, task.pad_id, generator)
         responses = [traces[lucky.id].token_ids] + [list(r) for r in responses[1:]]
         rewards = [task.reward(p, [], r) for p, r in zip(batch, responses)]
 

@@ -60,7 +60,7 @@ def steps(model, c, n=2):
     contexts = [p for p in prompts for _ in range(c["rollouts"])]
     for _ in range(n):
         model.eval()
-        responses, _ = utils.sample(model, contexts, c["new"], 1.0, c["vocab"], 0, g,
+        responses, _, _ = utils.sample(model, contexts, c["new"], 1.0, c["vocab"], 0, g,
                                     max_tokens=c["sample_tokens"])
         ids, attn, mask = utils.make_batch(contexts, responses, 0, "cpu")
         model.train()

@@ -70,9 +70,9 @@ def record_one_step(script, flags, cache, traces_path, traces, run_dir):
         return inner
 
     def on_sample(inner, model, prompts, *a, **k):
-        responses, logprobs = inner(model, prompts, *a, **k)
-        events.append(("sample", dict(prompts=[list(p) for p in prompts], responses=[list(r) for r in responses])))
-        return responses, logprobs
+        out = inner(model, prompts, *a, **k)
+        events.append(("sample", dict(prompts=[list(p) for p in prompts], responses=[list(r) for r in out[0]])))
+        return out
 
     def on_load_task(inner, *a, **k):
         task = inner(*a, **k)

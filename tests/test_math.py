@@ -78,39 +78,43 @@ def test_prefix_and_pad_tokens_get_exactly_zero_gradient(script, loss_agg, monke
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
-def test_zero_advantage_rows_run_without_a_graph_and_leave_the_gradient_unchanged(script, monkeypatch):
-    """Rows whose advantage is 0 have zero gradient, so token_logprobs runs them without autograd's
-    graph (grad_rows): the same gradient and entropy as running every row with one."""
+def test_zero_advantage_rows_are_not_run_and_the_gradient_is_unchanged(script, monkeypatch):
+    """Rows whose advantage is 0 add nothing to the loss, so token_logprobs does not run them (rows=):
+    the same gradient as running every row."""
     contexts, responses = random_batch()
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     advantages = torch.tensor([0.5, 0.0, 0.0, -0.5, 0.0, 0.0, 1.0, 0.0])
     runs, worker = [], utils._token_logprobs
 
     def spy(model, ids, *a, **k):
-        runs.append((ids.shape[0], torch.is_grad_enabled()))
+        runs.append(ids.shape[0])
         return worker(model, ids, *a, **k)
 
     monkeypatch.setattr(utils, "_token_logprobs", spy)
     model = tiny_model()
-    entropy, _ = script.reinforce_backward(model, ids, attn, mask, advantages, 8, "token", 1.0)
-    assert runs == [(5, False), (3, True)]  # the 5 zero-advantage rows without a graph, the 3 others with one
+    script.reinforce_backward(model, ids, attn, mask, advantages, 8, "token", 1.0)
+    assert runs == [3]  # the 3 rows with an advantage, and only those
     every_row = tiny_model()
     token_logprobs = utils.token_logprobs
-    monkeypatch.setattr(utils, "token_logprobs", lambda *a, grad_rows=None, **k: token_logprobs(*a, **k))
-    entropy_every_row, _ = script.reinforce_backward(every_row, ids, attn, mask, advantages, 8, "token", 1.0)
+    monkeypatch.setattr(utils, "token_logprobs", lambda *a, rows=None, **k: token_logprobs(*a, **k))
+    script.reinforce_backward(every_row, ids, attn, mask, advantages, 8, "token", 1.0)
+    assert runs == [3, 8]
     torch.testing.assert_close(grads(model), grads(every_row), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(entropy, entropy_every_row)
 
 
-def test_a_micro_batch_with_no_graph_adds_zero_or_nan_as_backward_would():
+def test_a_micro_batch_that_runs_no_row_leaves_a_zero_gradient_and_a_nan_loss_a_nan_one():
+    """Every gradient exists after it (zeros), so the optimizer steps as on any zero-gradient batch; a
+    NaN loss gives NaN gradients with a graph or without one, so the run stops before the update."""
     model = tiny_model()
-    utils.backward(torch.tensor(0.0), model)  # every weight 0: no graph, a zero gradient (AdamW still steps)
+    ids, attn, mask = utils.make_batch(*random_batch(), tasks.PAD, "cpu")
+    logp = utils.token_logprobs(model, ids, attn, 1.0, mask, rows=torch.zeros(8, dtype=torch.bool))[0]
+    assert not logp.requires_grad and not logp.any()
+    utils.backward(-(mask * logp).sum(), model)
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
-    utils.backward(torch.tensor(float("nan")), model)  # 0 x NaN: a broken forward still stops the run
+    utils.backward(torch.tensor(float("nan")), model)
     assert all(p.grad.isnan().all() for p in model.parameters())
     model.zero_grad()
-    with_graph = sum(p.sum() for p in model.parameters()) * 0 + float("nan")  # NaN only in rows without a graph
-    utils.backward(with_graph, model)
+    utils.backward(sum(p.sum() for p in model.parameters()) * 0 + float("nan"), model)
     assert all(p.grad.isnan().all() for p in model.parameters())
 
 
@@ -174,7 +178,7 @@ def test_grad_std_leaves_the_gradient_bit_identical(script):
     ids, attn, mask = utils.make_batch(contexts, responses, tasks.PAD, "cpu")
     advantages = torch.linspace(-1, 1, 8)
     model = tiny_model()
-    _, grad_std = script.reinforce_backward(model, ids, attn, mask, advantages, 2, "token", 1.0)
+    grad_std = script.reinforce_backward(model, ids, attn, mask, advantages, 2, "token", 1.0)
     assert grad_std > 0
     with_std = grads(model)
     model = tiny_model()
@@ -282,7 +286,7 @@ def scripted_evaluation(monkeypatch, task, correct):
         for prompt in prompts:
             drawn[tuple(prompt)] = drawn.get(tuple(prompt), -1) + 1
             out.append([drawn[tuple(prompt)]])
-        return out, [[-1.0] for _ in out]
+        return out, [[-1.0] for _ in out], [[0.5] for _ in out]
 
     def reward(p, prefix, response):
         calls.append((p.id, list(prefix), list(response)))

@@ -94,7 +94,7 @@ def test_rows_leave_the_kv_cache_when_a_quarter_of_it_has_ended():
     L_i tokens) at the first step where those are at most three quarters of it."""
     model, prompts = tiny_llama(), prompts_of(48)
     spy = Spy(model)
-    responses, _ = utils.sample(model, prompts, 200, 1.0, 2, 0, torch.Generator().manual_seed(0))
+    responses, _, _ = utils.sample(model, prompts, 200, 1.0, 2, 0, torch.Generator().manual_seed(0))
     spy.remove()
     ended = sum(r[-1] == 2 for r in responses)
     assert 30 < ended < 48  # most ended early, others did not

@@ -47,7 +47,7 @@ def test_smollm2_loads_from_the_wheel_and_samples(smollm2, arith):
     assert tokenizer.convert_ids_to_tokens(arith.eos_id) == "<|im_end|>"
     # left-padded, KV-cached sampling agrees with one forward pass; the chunked lm head backpropagates
     prompts = [arith.train[0].prompt_ids, arith.train[1].prompt_ids[3:]]  # two lengths: left padding
-    responses, logprobs = utils.sample(model, prompts, 6, 1.0, arith.eos_id, arith.pad_id, torch.Generator().manual_seed(0))
+    responses, logprobs, _ = utils.sample(model, prompts, 6, 1.0, arith.eos_id, arith.pad_id, torch.Generator().manual_seed(0))
     ids, attn, mask = utils.make_batch(prompts, responses, arith.pad_id, "cpu")
     logp, _ = utils.token_logprobs(model, ids, attn, chunk=32)
     torch.testing.assert_close(logp[mask == 1].detach(), torch.tensor([x for r in logprobs for x in r]), rtol=1e-3, atol=1e-3)
@@ -81,7 +81,7 @@ def test_training_log_probs_are_those_of_the_models_own_logits(kind, temperature
     model = tiny_lm(kind)
     g = torch.Generator().manual_seed(0)
     contexts = [torch.randint(3, 100, (4 + i % 3,), generator=g).tolist() for i in range(6)]
-    responses, sampled = utils.sample(model, contexts, 8, temperature, 1, 0, torch.Generator().manual_seed(0))
+    responses, sampled, _ = utils.sample(model, contexts, 8, temperature, 1, 0, torch.Generator().manual_seed(0))
     ids, attn, mask = utils.make_batch(contexts, responses, 0, "cpu")
     with torch.no_grad():
         logp, _ = utils.token_logprobs(model, ids, attn, temperature, chunk=7)

@@ -325,6 +325,28 @@ def test_nan_gradient_stops_before_the_update_and_keeps_the_last_checkpoint(toy_
     assert checkpoint(run_dir)["step"] == 2 and train_steps(run_dir) == [1, 2]
 
 
+@pytest.mark.parametrize("script", [standard_rl, prefixrl, offpolicy_rl], ids=lambda s: s.__name__)
+def test_nan_logits_stop_the_run_even_when_no_row_has_a_gradient(script, toy_cache, teacher_traces, tmp_path, monkeypatch, capsys):
+    """Step 3's rollouts come from a policy whose logits are NaN: its rollouts fail, so most rows have no
+    advantage and are not run, but the sampler's entropy (train/entropy) is NaN and stops the run."""
+    sample, calls = utils.sample, [0]
+
+    def poisoned(model, prompts, max_new_tokens, temperature, *a, **k):
+        calls[0] += temperature == 1.0  # a training step's rollouts (evaluations sample at 0.7)
+        if calls[0] == 3:
+            with torch.no_grad():
+                model.get_output_embeddings().weight.fill_(float("nan"))
+        return sample(model, prompts, max_new_tokens, temperature, *a, **k)
+
+    monkeypatch.setattr(utils, "sample", poisoned)
+    run_dir = str(tmp_path / "run")
+    args = script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **dict(SHORT, steps=5, save_every=2))
+    err = stops(capsys, lambda: script.main(args))
+    assert "step 3: " in err and " is nan; stopped before the update, the last good checkpoint (step 2) stays in" in err
+    assert script is offpolicy_rl or "step 3: entropy is nan" in err  # its trace rows have a gradient: NaN
+    assert checkpoint(run_dir)["step"] == 2 and train_steps(run_dir) == [1, 2]
+
+
 # BAD INPUT: one line naming the problem and the fix, exit code 2, nothing written that a later run would trust
 def stops(capsys, fn):
     with pytest.raises(SystemExit) as e:

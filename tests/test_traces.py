@@ -36,7 +36,7 @@ def test_rejection_sampling_stops_at_first_success_caps_the_budget_and_charges_e
             responses.append([5 + j] + [5] * (j % 3))
             logprobs.append([-(j + 1) / 100] * len(responses[-1]))
             drawn[owner[tuple(prompt)]].append(responses[-1])
-        return responses, logprobs
+        return responses, logprobs, [[0.5] * len(r) for r in responses]
 
     monkeypatch.setattr(utils, "sample", sample)
     task.reward = lambda p, prefix, r: float(r[0] - 4 == success_at[p.id])  # the sample's number, from 1
@@ -113,27 +113,33 @@ def test_sampling_log_probs_match_a_forward_pass(temperature):
     token_logprobs at T gives the same."""
     model, task = tiny_model(), lenient_task()
     prompts = [p.prompt_ids[: 3 + i] for i, p in enumerate(task.train) for _ in range(3)]  # repeats, ragged
-    responses, logprobs = utils.sample(model, prompts, 6, temperature, task.eos_id, task.pad_id, torch.Generator().manual_seed(0))
+    responses, logprobs, entropies = utils.sample(model, prompts, 6, temperature, task.eos_id, task.pad_id, torch.Generator().manual_seed(0))
     assert len({tuple(r) for r in responses}) > len(task.train)  # rows of one prompt sample independently
     ids, attn, mask = utils.make_batch(prompts, responses, task.pad_id, "cpu")
     with torch.no_grad():
-        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1] / temperature, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        logp, _ = utils.token_logprobs(model, ids, attn, temperature)
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1] / temperature, -1)
+        logp, entropy = utils.token_logprobs(model, ids, attn, temperature)
     flat = torch.tensor([lp for row in logprobs for lp in row])
-    torch.testing.assert_close(full[mask == 1], flat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full.gather(-1, ids[:, 1:, None])[..., 0][mask == 1], flat, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logp[mask == 1], flat, rtol=1e-4, atol=1e-5)
+    # train/entropy: the entropy of each distribution a token was drawn from, as the forward pass gives it
+    flat = torch.tensor([h for row in entropies for h in row])
+    torch.testing.assert_close(-(full.exp() * full).sum(-1)[mask == 1], flat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(entropy[mask == 1], flat, rtol=1e-4, atol=1e-5)
 
 
 def test_the_sampler_draws_from_softmax_at_the_temperature():
     """Token frequencies over many rows match softmax(logits / T) (a chi-square-sized tolerance), the
-    same generator state gives the same tokens, and the returned log-probs are those of the tokens."""
+    same generator state gives the same tokens, and the returned log-probs are those of the tokens and
+    the entropies that of softmax(logits / T)."""
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0, 0.5]]).repeat(40000, 1)
     for temperature in [1.0, 0.5]:
-        token, logp = utils.draw(logits, temperature, torch.Generator().manual_seed(0))
+        token, logp, entropy = utils.draw(logits, temperature, torch.Generator().manual_seed(0))
         want = torch.softmax(logits[0] / temperature, -1)
         freq = torch.bincount(token, minlength=6).float() / len(token)
         assert (freq - want).abs().max() < 4 * (want * (1 - want) / len(token)).sqrt().max() and freq[4] == 0
         torch.testing.assert_close(logp, want.log()[token])
+        torch.testing.assert_close(entropy, -(want * want.log()).sum().expand(len(token)))
         assert torch.equal(token, utils.draw(logits, temperature, torch.Generator().manual_seed(0))[0])
 
 
