@@ -1,21 +1,21 @@
 """Reproduce the paper's figures on the default toy with one command: every method x seed, then plot.py.
 
     python reproduce.py --dry-run          # print the commands
-    python reproduce.py                    # 7 methods x 3 seeds, os.cpu_count() runs at a time
+    python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
     python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
 
-Every job runs with one torch thread, --jobs at a time (two one-thread jobs get more done on 2 cores
-than one two-thread job). The first job collects the runs' traces (rejection sampling from the base
-model, the same model, problems, budget and trace seed for every run) into cache/, where each run finds
-them; the runs wait for it. When prefixrl_other_family is among the methods, the second job, beside it,
-is the second base model, of another family (models.py: "toy-gpt2"), collecting its own traces into
-OUT/traces/toy-gpt2.json; the prefixrl_other_family runs wait for it and get the file through --traces
-(paper Fig. 10). Run dirs go to OUT/runs/<method>_s<seed>, each job's output to OUT/logs/, figures and
-results.md to OUT/figures. A run dir that already holds a finished run is kept and not run again, so
-an interrupted reproduction goes on where it stopped; an unfinished one continues from its
-checkpoint.pt when it has one (--resume), else it is moved aside to <dir>.partial-<time> (never
-deleted) and run again. Trace collections go on from their last round too (utils.collect_traces).
+One run goes first, alone, with --jobs torch threads: it collects the
+traces, cached in cache/ and reused by every other run (same model, problems, budget and trace
+seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
+among the methods, the first of them is the second base model, of another family (models.py:
+"toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
+wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
+OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
+run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
+one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
+<dir>.partial-<time> (never deleted) and run again.
 """
+
 import json
 import os
 import shlex
@@ -64,9 +64,8 @@ class Args:
     python: str = sys.executable
     """python interpreter for the runs"""
     collect_traces_to: Optional[str] = None
-    """(a trace job) collect traces for the problems, budget and trace seed that --extra gives, with the
-    other family's base model into this file, or with the runs' own --model into the trace cache the
-    runs read when this is 'cache', and exit"""
+    """(the prefixrl_other_family job) collect traces with the other family's base model, for the
+    problems that --extra gives, into this file, and exit"""
 
 
 @dataclass
@@ -77,7 +76,12 @@ class Job:
     log: str
     threads: int = 1
     needs: Optional[str] = None
-    """the name of a job that must finish first (the trace collection it reads)"""
+    """the name of a job that must finish first (the other family's traces)"""
+
+    def set_threads(self, n):
+        self.threads = n
+        if "--threads" in self.cmd:
+            self.cmd[self.cmd.index("--threads") + 1] = str(n)
 
 
 def out_path(out):
@@ -90,38 +94,28 @@ def other_traces_path(out):
     return os.path.join(out, "traces", f"{OTHER_FAMILY}.json")
 
 
-def traces_job(args, other_family=False):
-    """The runs' own traces (into the trace cache every run reads), or the other family's (a file every
-    prefixrl_other_family run gets through --traces): collected once, before the runs that use them."""
+def other_traces_job(args):
+    """Traces from the other family's base model, collected once for every prefixrl_other_family run."""
     out = out_path(args.out)
-    to, name = (other_traces_path(out), "traces_" + OTHER_FAMILY) if other_family else ("cache", "traces")
-    cmd = ["python", "reproduce.py", "--collect-traces-to", to, f"--extra={args.extra}"]
-    return Job(name, cmd, None, os.path.join(out, "logs", f"{name}.log"))
+    cmd = ["python", "reproduce.py", "--collect-traces-to", other_traces_path(out), f"--extra={args.extra}"]
+    return Job("traces_" + OTHER_FAMILY, cmd, None, os.path.join(out, "logs", f"traces_{OTHER_FAMILY}.log"))
 
 
-def collect_traces(to, extra):
-    """The runs' problems, budget, trace seed and temperature, from the flags every run gets (--extra);
-    the model is OTHER_FAMILY's when `to` is a file, else the runs' --model, collecting where the scripts
-    look for it (utils.trace_cache_path). utils.collect_traces caches them, keyed by model, problems,
-    budget and seed."""
-    import torch
-
+def collect_other_traces(path, extra):
+    """The task, budget and trace seed are those every run gets from --extra; the model is OTHER_FAMILY.
+    utils.collect_traces caches them in `path` (keyed by model, problems, budget, seed)."""
     import models
     import prefixrl
     import tasks
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
-    own = to == "cache"
-    models.check_args(run if own else collection_args(run))
+    models.check_args(collection_args(run))
     utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer, model_id = models.load_model(run.model if own else OTHER_FAMILY, run.cache_dir, run.device, dtype=getattr(torch, run.dtype),
-                                                   toy_pretrain_steps=run.toy_pretrain_steps, toy_length=run.toy_length)
+    model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
-    path = utils.trace_cache_path(run.cache_dir, model_id, task, run.trace_budget, run.trace_seed) if own else to
-    traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, run.trace_temperature, run.trace_seed, path,
-                                     model_id=model_id, max_tokens=run.sample_tokens)
-    print(f"{model_id}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
+    traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
+    print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
 
 
 def collection_args(run):
@@ -278,22 +272,23 @@ def main(args: Args):
             print(f"# {j.name}: an unfinished run in {j.run_dir} is moved to {j.run_dir}.partial-<time> and run again")
         todo.append(j)
     ordered = list(todo)
-    given = any(f == "--traces" or f.startswith("--traces=") for f in shlex.split(args.extra))  # every run reads that file
-    if todo and not given:  # the runs' own traces first (a job that finds them cached ends at once)
-        own = traces_job(args)
-        for j in todo:
-            j.needs = own.name
-        ordered = [own] + todo
     if any(j.name.startswith("prefixrl_other_family") for j in todo) and not os.path.exists(os.path.join(ROOT, other_traces_path(out))):
-        other = traces_job(args, other_family=True)  # beside the first: the other family's base model and traces
+        traces = other_traces_job(args)  # the other family's base model and traces: early, its runs last
         for j in todo:
-            j.needs = other.name if j.name.startswith("prefixrl_other_family") else j.needs
-        ordered = ordered[:1] + [other] + [j for j in ordered[1:] if j.needs != other.name] + [j for j in todo if j.needs == other.name]
+            j.needs = traces.name if j.name.startswith("prefixrl_other_family") else None
+        ordered = [j for j in todo if j.needs is None]
+        ordered = ordered[:1] + [traces] + ordered[1:] + [j for j in todo if j.needs]
+    first, rest = ordered[:1], ordered[1:]  # the first builds the base model and the trace cache for all
+    for j in first:
+        j.set_threads(max(1, args.jobs))  # alone: every core
     plot_cmd = f"python plot.py {os.path.join(out, 'runs')} --out {os.path.join(out, 'figures')}"
     if args.dry_run:
-        print(f"# {args.jobs} at a time, each with one thread; a job waits for the trace collection it needs:")
-        for j in ordered:
-            print(shlex.join(j.cmd) + f"  > {j.log}" + (f"  # after {j.needs}" if j.needs else ""))
+        for i, j in enumerate(ordered):
+            if i == 0:
+                print("# first, alone (builds the base model and the trace cache):")
+            if i == 1:
+                print(f"# then, {args.jobs} at a time (runs that need the other family's traces wait for them):")
+            print(shlex.join(j.cmd) + f"  > {j.log}")
         print("# then the figures:")
         print(plot_cmd)
         return 0
@@ -301,8 +296,12 @@ def main(args: Args):
         os.rename(os.path.join(ROOT, run_dir), os.path.join(ROOT, f"{run_dir}.partial-{int(time.time())}"))
     counter, failed = [0, len(ordered)], []
     if todo:
-        print(f"{len(todo)} run(s) to go, {args.jobs} at a time; {ordered[0].name} first", flush=True)
-        failed = run_pool(ordered, max(1, args.jobs), args.python, counter)
+        print(f"{len(todo)} run(s) to go; {first[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)
+        failed = run_pool(first, 1, args.python, counter)
+        if failed:
+            print(f"the first run failed: the others are not started (see {first[0].log})")
+            return 1
+        failed = run_pool(rest, max(1, args.jobs), args.python, counter)
 
     import plot  # matplotlib only now
 
@@ -320,6 +319,6 @@ if __name__ == "__main__":
     cli = utils.cli(Args, __doc__.splitlines()[0])
     with utils.clean_errors():
         if cli.collect_traces_to:
-            collect_traces(cli.collect_traces_to, cli.extra)
+            collect_other_traces(cli.collect_traces_to, cli.extra)
             raise SystemExit(0)
         raise SystemExit(main(cli))

@@ -368,14 +368,13 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
         for m, f in flags.items():
             script, _, extra = f.partition(" ")
             want.append(f"python {script} --seed {s} --threads 1 --run-dir {out}/runs/{m}_s{s} {extra}--steps 30 --hard-min 9 --hard-max 9")
-    # first the runs' own traces and, beside them, the other family's; the runs that need those last
+    want[0] = want[0].replace("--threads 1", "--threads 2")  # the first run is alone and gets every core (--jobs)
+    # the other family's traces right after it, the runs that need them last
     other = [w for w in want if "--traces" in w]
     want = [w for w in want if "--traces" not in w]
-    want = [f"python reproduce.py --collect-traces-to {to} '--extra=--hard-min 9 --hard-max 9'" for to in ("cache", traces)] + want + other
+    want = want[:1] + [f"python reproduce.py --collect-traces-to {traces} '--extra=--hard-min 9 --hard-max 9'"] + want[1:] + other
     assert cmds == want
-    after = [ln.split("  # after ")[-1] if "  # after " in ln else None for ln in lines if ln.startswith("python ") and "plot.py" not in ln]
-    assert after == [None, None] + ["traces"] * 12 + ["traces_toy-gpt2"] * 2  # each job waits for the traces it reads
-    assert lines[0].startswith("# 2 at a time, each with one thread")
+    assert lines[0].startswith("# first, alone") and lines[2].startswith("# then, 2 at a time")
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
 
 
@@ -393,7 +392,8 @@ def test_reproduce_skips_finished_runs(tmp_path, capsys):
     (out / "runs" / "prefixrl_s1").mkdir()
     (out / "runs" / "prefixrl_s1" / "checkpoint.pt").write_text("")
     reproduce.main(reproduce.Args(out=str(out), seeds=1, methods=("prefixrl",), dry_run=True))
-    assert f"python prefixrl.py --resume {out}/runs/prefixrl_s1 --threads 1" in capsys.readouterr().out
+    threads = max(1, reproduce.Args().jobs)  # the first run is alone and gets every core
+    assert f"python prefixrl.py --resume {out}/runs/prefixrl_s1 --threads {threads}" in capsys.readouterr().out
 
 
 FAKE_SCRIPT = """
@@ -410,25 +410,17 @@ with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
 """
 
 
-FAKE_COLLECTION = """
-import time
-time.sleep(0.5)
-print("traces collected")
-"""
-
-
-def test_reproduce_collects_the_traces_then_runs_then_plots(tmp_path, monkeypatch, capsys):
+def test_reproduce_runs_first_alone_then_the_rest_then_plots(tmp_path, monkeypatch, capsys):
     """The whole flow with stand-in scripts that write a tiny run (no training): order, progress, failures, figures."""
     for name in ("prefixrl", "standard_rl"):
         (tmp_path / f"{name}.py").write_text(FAKE_SCRIPT)
-    (tmp_path / "reproduce.py").write_text(FAKE_COLLECTION)
     monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
     monkeypatch.setattr(reproduce, "POLL_S", 0.05)
     out = tmp_path / "repro"
     rc = reproduce.main(reproduce.Args(out=str(out), seeds=2, methods=("prefixrl", "rl_n64"), jobs=2))
     text = capsys.readouterr().out
     assert rc == 1  # rl_n64_s2 fails (exit 3): reported, the others still run and are plotted
-    assert text.index("started traces\n") < text.index("[1/5] traces done") < text.index("started prefixrl_s1") < text.index("started rl_n64_s1")
+    assert text.index("started prefixrl_s1") < text.index("[1/4] prefixrl_s1 done") < text.index("started rl_n64_s1")
     assert "rl_n64_s2 FAILED (exit 3)" in text and "train pass@1 0.200" in text
     assert (out / "figures" / "results.md").exists() and (out / "figures" / "fig1_reward_vs_flops.png").exists()
     # run again: the finished runs are kept, the failed one is run again

@@ -143,30 +143,6 @@ def test_the_sampler_draws_from_softmax_at_the_temperature():
         assert torch.equal(token, utils.draw(logits, temperature, torch.Generator().manual_seed(0))[0])
 
 
-def test_reproduces_first_job_collects_the_traces_every_run_then_reads(toy_cache, tmp_path, monkeypatch):
-    """reproduce.py's "traces" job (--collect-traces-to cache) writes the trace cache the scripts read:
-    a run with the same flags samples no trace and trains on the same pool."""
-    import reproduce
-    import standard_rl
-
-    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0))  # finds traces fast
-    flags = dict(cache_dir=toy_cache, toy_pretrain_steps=20, hard_min=1, hard_max=3, n_train=4, n_heldout=2, trace_budget=8)
-    extra = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
-    reproduce.collect_traces("cache", extra)
-    collect, pools = utils.collect_traces, []
-
-    def read_only(model, task, problems, budget, temperature, seed, path, **k):
-        monkeypatch.setattr(utils, "sample", lambda *a, **k: pytest.fail("a run sampled traces the job had collected"))
-        traces = collect(model, task, problems, budget, temperature, seed, path, **k)
-        monkeypatch.undo()
-        pools.append(sorted(traces[0]))
-        return traces
-
-    monkeypatch.setattr(utils, "collect_traces", read_only)
-    standard_rl.main(standard_rl.Args(run_dir=str(tmp_path / "run"), steps=1, eval_every=1, final_eval_samples=2, threads=1, **flags))
-    assert pools and pools[0]  # the run read the job's traces, a non-empty pool
-
-
 def test_the_other_family_collects_its_own_traces_for_the_same_problems(toy_cache, tmp_path, monkeypatch):
     """reproduce.py's prefixrl_other_family traces: the toy-gpt2 base model (another architecture and
     teacher) samples the problems that --extra gives; the file is keyed by that model, and a trace
@@ -177,7 +153,7 @@ def test_the_other_family_collects_its_own_traces_for_the_same_problems(toy_cach
     monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0))  # finds traces fast
     path = str(tmp_path / "other.json")
     extra = f"--cache-dir {toy_cache} --toy-pretrain-steps 20 --hard-min 1 --hard-max 3 --n-train 4 --n-heldout 2 --trace-budget 8"
-    reproduce.collect_traces(path, extra)
+    reproduce.collect_other_traces(path, extra)
     with open(path) as f:
         data = json.load(f)
     model, _, model_id = models.load_model("toy-gpt2", toy_cache, "cpu", 20)
