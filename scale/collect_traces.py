@@ -64,7 +64,7 @@ def model_path(args):
     if args.model in models.TOY_MODELS:
         path = models.toy_model_dir(args.cache_dir, args.toy_pretrain_steps, 0, args.toy_length,
                                     args.model)
-        return path, os.path.abspath(path)
+        return path, models.toy_model_id(args.model, path)
     path = os.path.expanduser(args.model)
     if args.model.lower() == models.SMOLLM2 or path.endswith(".gguf"):
         raise utils.InputError(f"scale/collect_traces.py needs a Hugging Face directory or hub id, "
