@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -443,7 +444,7 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
     device = next(model.parameters()).device
     room = max(map(len, prompts)) + max_new_tokens
     out, rows, mask = prefill_once(lambda **kw: model(**kw, logits_to_keep=1), prompts, pad_id, device, room)
-    past, logits, position = out.past_key_values, out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
+    past, logits, position = kv_cache(out), out.logits[:, -1][rows], mask.sum(-1, keepdim=True) - 1
     del out
     tokens = torch.full((len(prompts), max_new_tokens), pad_id, device=device)
     logps = torch.zeros(len(prompts), max_new_tokens, device=device)
@@ -467,8 +468,8 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         position = position + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
         out = model(input_ids=tokens[cached, steps - 1 :steps], attention_mask=mask, position_ids=position,
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+                    use_cache=True, **{CACHE_ARG: past})
+        past, logits = kv_cache(out), out.logits[:, -1]
     responses, logprobs, entropy = [], [], []
     for row, lp, h in zip(tokens[:, :steps].tolist(), logps[:, :steps].tolist(), entropies[:, :steps].tolist()):
         n = row.index(eos_id) + 1 if eos_id in row else len(row)
@@ -481,7 +482,7 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
 def prefill_once(forward, sequences, pad_id, device, room=None):
     """Run each distinct sequence once (a group's rollouts share their prompt), left-padded, positions
     counting real tokens only, and copy its KV cache to every row that holds it. Returns (out, rows, mask):
-    forward's output for the distinct sequences (its past_key_values already one row per sequence),
+    forward's output for the distinct sequences (its KV cache already one row per sequence),
     rows[i] = sequence i's distinct index, mask = the rows' left-padded attention mask. room: the
     tokens each row's KV cache will hold (sampling: roomy_cache), else transformers' growing one."""
     distinct = {}
@@ -489,9 +490,9 @@ def prefill_once(forward, sequences, pad_id, device, room=None):
     width = max(len(x) for x in distinct)
     ids = torch.tensor([[pad_id] * (width - len(x)) + list(x) for x in distinct], device=device)
     mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(x) for x in distinct], device=device)[:, None]).long()
-    cache = {} if room is None else dict(past_key_values=roomy_cache(room))
+    cache = {} if room is None else {CACHE_ARG: roomy_cache(room)}
     out = forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **cache)
-    select_rows(out.past_key_values, rows)
+    select_rows(kv_cache(out), rows)
     return out, rows, mask[rows]
 
 
@@ -504,6 +505,20 @@ def select_rows(cache, rows):
             layer.batch_select_indices(rows)
         else:
             layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+
+
+def _cache_arg():
+    from transformers import LlamaModel
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+CACHE_ARG = _cache_arg()
+"""a forward's KV-cache argument: transformers renamed past_key_values to cache (the old name warns)"""
+
+
+def kv_cache(out):
+    """A forward output's KV cache, under either name (CACHE_ARG)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def roomy_cache(room):
@@ -727,9 +742,9 @@ def _shared_context_hidden(model, ids, attn, starts):
     position = torch.tensor(starts, device=ids.device)[:, None] + 1 + torch.arange(rest, device=ids.device)
     index = position.clamp(max=ids.shape[1] - 1)
     tail, tail_mask = ids.gather(1, index), attn.gather(1, index) * (position < torch.tensor(lengths, device=ids.device)[:, None])
-    with _layers_read_the_cache(model, out.past_key_values) if recompute else contextlib.nullcontext():
+    with _layers_read_the_cache(model, kv_cache(out)) if recompute else contextlib.nullcontext():
         tail_hidden = model.base_model(input_ids=tail, attention_mask=torch.cat([ctx_mask, tail_mask], 1), position_ids=position,
-                                       past_key_values=out.past_key_values, use_cache=True).last_hidden_state
+                                       use_cache=True, **{CACHE_ARG: kv_cache(out)}).last_hidden_state
     return torch.cat([out.last_hidden_state[:, -1:].index_select(0, rows), tail_hidden[:, :-1]], 1), tail  # index_select: as select_rows
 
 
@@ -921,7 +936,7 @@ def memory_per_token(model):
     device, training = next(model.parameters()).device, model.training
     ids = torch.arange(64, device=device)[None] % model.config.get_text_config().vocab_size
     with torch.no_grad(), autocast(device):
-        cache = model.base_model(input_ids=ids[:, :8], use_cache=True).past_key_values
+        cache = kv_cache(model.base_model(input_ids=ids[:, :8], use_cache=True))
     kv = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)) / 8
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 

@@ -52,7 +52,7 @@ class Spy:
                         model.get_output_embeddings().register_forward_hook(lambda m, i, out: self.head_outputs.append(tuple(out.shape)))]
 
     def forward(self, module, args, kwargs, out):
-        keys = out.past_key_values.layers[0].keys  # [rows, heads, tokens, head dim] after this forward
+        keys = utils.kv_cache(out).layers[0].keys  # [rows, heads, tokens, head dim] after this forward
         self.calls.append(dict(rows=kwargs["input_ids"].shape[0], width=kwargs["input_ids"].shape[1], cached=keys.shape[0] * keys.shape[2]))
 
     def remove(self):
