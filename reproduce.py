@@ -216,9 +216,10 @@ def start(job, python):
     return proc
 
 
-def run_pool(jobs, width, python, counter):
-    """Run `jobs`, `width` at a time; print each as it ends. Returns the names of the failed ones."""
-    pending, running, failed, done = list(jobs), [], [], set()
+def run_pool(jobs, width, python, counter, done=()):
+    """Run `jobs`, `width` at a time, each after the job it needs (or one in `done`, finished before);
+    print each as it ends. Returns the names of the failed ones."""
+    pending, running, failed, done = list(jobs), [], [], set(done)
     try:
         while pending or running:
             for job in [j for j in pending if j.needs in failed]:
@@ -301,7 +302,7 @@ def main(args: Args):
         if failed:
             print(f"the first run failed: the others are not started (see {first[0].log})")
             return 1
-        failed = run_pool(rest, max(1, args.jobs), args.python, counter)
+        failed = run_pool(rest, max(1, args.jobs), args.python, counter, done=[j.name for j in first])
 
     import plot  # matplotlib only now
 

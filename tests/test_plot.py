@@ -443,6 +443,18 @@ def test_reproduce_runs_a_job_only_after_the_job_it_needs(tmp_path, capsys):
     assert "orphan not run: bad failed" in capsys.readouterr().out
 
 
+def test_reproduce_runs_the_jobs_that_need_the_first_one_after_it(tmp_path, monkeypatch, capsys):
+    # only the other family's runs to do: its traces job runs first, alone, and they must start after it
+    # (they waited forever when the second pool did not know the first had finished)
+    monkeypatch.setattr(reproduce, "run_pool", lambda jobs, width, python, counter, done=(): calls.append(
+        ([j.name for j in jobs], [j.needs for j in jobs], list(done))) or [])
+    monkeypatch.setattr(plot, "main", lambda args: 0)
+    calls = []
+    reproduce.main(reproduce.Args(out=str(tmp_path / "out"), seeds=1, methods=("prefixrl_other_family",), jobs=2))
+    (first, _, _), (rest, needs, done) = calls
+    assert first == ["traces_toy-gpt2"] and rest == ["prefixrl_other_family_s1"] and needs[0] in done
+
+
 # BENCH/TAKEOFF.PY: per family, the first success and the take-off, from groups.jsonl
 def load_takeoff():
     import importlib.util
