@@ -160,9 +160,23 @@ class Method:
 
 def setting_value(a, k):
     """A run's value of a setting key; None where the key does not apply to its task (--level on
-    the toy)."""
+    the toy); --toy-pretrain-steps 0 as the shipped model's count (a run made before 0 meant it
+    recorded the count)."""
     applies_to = ONLY_FOR_TASK.get(k)
-    return a[k] if applies_to is None or a.get("task", "toy") in applies_to else None
+    if applies_to is not None and a.get("task", "toy") not in applies_to:
+        return None
+    return (a[k] or shipped_toy_steps(a.get("model", "toy"))) if k == "toy_pretrain_steps" else a[k]
+
+
+@functools.lru_cache(None)
+def shipped_toy_steps(model):
+    """The pretraining steps a shipped toy model records (toy_models/MODEL/prefixrl_toy.json), else 0."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_models", model, "prefixrl_toy.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def group(runs):

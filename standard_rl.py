@@ -55,8 +55,9 @@ class Args:
     """arith task: difficulty level 1..6"""
     max_new_tokens: int = 0
     """longest response in tokens (0: the task's default)"""
-    toy_pretrain_steps: int = models.TOY_PRETRAIN_STEPS
-    """toy base model's pretraining steps: the shipped model's, or another count (then cached)"""
+    toy_pretrain_steps: int = 0
+    """toy base model's pretraining steps: 0 for the shipped model's (models.TOY_PRETRAIN_STEPS), or
+    another count (then pretrained on first use and cached)"""
     toy_length: int = tasks.TOY_LENGTH
     """toy task: numbers to add per problem; the base model is pretrained for this length (part of
     its cache key)"""

@@ -320,7 +320,7 @@ FLAG_RANGES = {
     "steps": _at_least(1), "prompts_per_step": _at_least(1), "rollouts": _at_least(2, " (a group-mean baseline needs two)"),
     "micro_batch": _at_least(1), "save_every": _at_least(1), "eval_every": _at_least(1), "eval_samples": _at_least(1),
     "final_eval_samples": _at_least(1), "n_train": _at_least(1), "n_heldout": _at_least(1), "trace_budget": _at_least(1),
-    "toy_pretrain_steps": _at_least(1), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1), "micro_batch_tokens": _at_least(0),
+    "toy_pretrain_steps": _at_least(0, " (0: the shipped model's)"), "cuts_per_trace": _at_least(1), "sft_steps": _at_least(0), "sft_batch": _at_least(1), "sample_tokens": _at_least(1), "micro_batch_tokens": _at_least(0),
     "lr": _POSITIVE, "sft_lr": _POSITIVE, "grad_clip": _POSITIVE, "clip": _POSITIVE, "shaping": _POSITIVE,
     "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),

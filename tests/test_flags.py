@@ -58,7 +58,7 @@ def test_fraction_out_of_range_is_refused_before_loading(script, flag, value, al
     ("standard_rl", "eval_every", 1), ("prefixrl", "eval_every", 1), ("sft_rl", "eval_every", 1), ("offpolicy_rl", "eval_every", 1),
     ("standard_rl", "eval_samples", 1), ("offpolicy_rl", "final_eval_samples", 1), ("standard_rl", "prompts_per_step", 1),
     ("prefixrl", "cuts_per_trace", 1), ("prefixrl", "n_train", 1), ("standard_rl", "n_heldout", 1), ("sft_rl", "trace_budget", 1),
-    ("prefixrl", "toy_pretrain_steps", 1), ("offpolicy_rl", "save_every", 1), ("standard_rl", "steps", 1),
+    ("offpolicy_rl", "save_every", 1), ("standard_rl", "steps", 1),
     ("sft_rl", "sft_batch", 1), ("standard_rl", "rollouts", 2),
 ])
 def test_zero_count_is_refused_before_loading(script, flag, least, tmp_path, no_model_loading):

@@ -20,7 +20,7 @@ def test_shipped_toy_model_matches_its_checksum_and_calibration(name, tmp_path):
     assert models.file_sha256(os.path.join(path, "model.safetensors")) == models.shipped_checksums()[f"{name}/model.safetensors"]
     with open(os.path.join(path, "prefixrl_toy.json")) as f:
         made = json.load(f)
-    assert (made["steps"], made["seed"], made["toy_steps"], made["rules"]) == (models.TOY_PRETRAIN_STEPS, 0, tasks.TOY_LENGTH, tasks.RULES)
+    assert (made["steps"], made["seed"], made["toy_steps"], made["rules"]) == (models.TOY_PRETRAIN_STEPS[name], 0, tasks.TOY_LENGTH, tasks.RULES)
     cache = tmp_path / "empty-cache"
     model, _, model_id = models.load_model(name, str(cache), "cpu")  # the scripts' defaults
     assert not cache.exists()  # loaded from the repo: nothing pretrained, nothing cached
