@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import claims
+import models
 import plot
 import reproduce
 import rundirs
@@ -500,3 +501,11 @@ def test_takeoff_names_a_run_without_groups_or_families(tmp_path):
     with pytest.raises(InputError) as e:
         takeoff.unit_of(str(tmp_path), "family")
     assert "not a --task toy run" in str(e.value)
+
+
+def test_a_run_recording_the_shipped_pretraining_steps_groups_with_one_recording_0():
+    # --toy-pretrain-steps 0 means the shipped model's count; runs made before recorded the count itself
+    for model in ("toy", "toy-gpt2"):
+        steps = rundirs.setting_value(dict(task="toy", model=model, toy_pretrain_steps=0), "toy_pretrain_steps")
+        assert steps == models.TOY_PRETRAIN_STEPS[model]
+    assert rundirs.setting_value(dict(task="toy", model="toy", toy_pretrain_steps=200), "toy_pretrain_steps") == 200
