@@ -259,6 +259,8 @@ ENTRY_POINTS = [  # every entry point from the command line, with an empty cache
     (["bench/takeoff.py", "runs", "--window", "0"], "--window must be >= 1, got 0"),
     (["bench/prefix_success.py", "--fractions", "0.2", "1.4"], "--fractions must be in [0, 1], got (0.2, 1.4)"),
     (["bench/sampler_speed.py", "--rows", "0"], "--rows must be >= 1, got 0"),
+    (["bench/step_memory.py", "standard_rl.py", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["bench/step_memory.py", "train.py"], "give one of prefixrl.py, standard_rl.py, sft_rl.py, offpolicy_rl.py"),
 ]
 
 
