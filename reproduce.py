@@ -4,12 +4,12 @@
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
     python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
 
-One run goes first, with --jobs torch threads: it collects the
+One run goes first, alone, with --jobs torch threads: it collects the
 traces, cached in cache/ and reused by every other run (same model, problems, budget and trace
 seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
-among the methods, the second base model, of another family (models.py: "toy-gpt2"), collects its own
-traces into OUT/traces/toy-gpt2.json beside the first run (one thread; it needs none of its cache);
-the prefixrl_other_family runs wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
+among the methods, the first of them is the second base model, of another family (models.py:
+"toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
+wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
@@ -216,10 +216,10 @@ def start(job, python):
     return proc
 
 
-def run_pool(jobs, width, python, counter, done=(), failed=()):
-    """Run `jobs`, `width` at a time, each after the job it needs (or one in `done`, finished before; one
-    in `failed` means not at all); print each as it ends. Returns the names of the failed ones."""
-    pending, running, failed, done = list(jobs), [], list(failed), set(done)
+def run_pool(jobs, width, python, counter, done=()):
+    """Run `jobs`, `width` at a time, each after the job it needs (or one in `done`, finished before);
+    print each as it ends. Returns the names of the failed ones."""
+    pending, running, failed, done = list(jobs), [], [], set(done)
     try:
         while pending or running:
             for job in [j for j in pending if j.needs in failed]:
@@ -279,17 +279,15 @@ def main(args: Args):
             j.needs = traces.name if j.name.startswith("prefixrl_other_family") else None
         ordered = [j for j in todo if j.needs is None]
         ordered = ordered[:1] + [traces] + ordered[1:] + [j for j in todo if j.needs]
-    # the first builds the trace cache for all; the other family's traces need none of it and take
-    # what its --jobs threads leave of the cores (its own threads: its numbers are the same)
-    first = ordered[:2] if ordered[1:2] and ordered[1].name.startswith("traces_") else ordered[:1]
-    rest = ordered[len(first):]
-    first[0].set_threads(max(1, args.jobs))  # every core
+    first, rest = ordered[:1], ordered[1:]  # the first builds the base model and the trace cache for all
+    for j in first:
+        j.set_threads(max(1, args.jobs))  # alone: every core
     plot_cmd = f"python plot.py {os.path.join(out, 'runs')} --out {os.path.join(out, 'figures')}"
     if args.dry_run:
         for i, j in enumerate(ordered):
             if i == 0:
-                print("# first" + (", with the other family's traces beside it" if len(first) > 1 else ", alone") + " (builds the trace cache):")
-            if i == len(first):
+                print("# first, alone (builds the base model and the trace cache):")
+            if i == 1:
                 print(f"# then, {args.jobs} at a time (runs that need the other family's traces wait for them):")
             print(shlex.join(j.cmd) + f"  > {j.log}")
         print("# then the figures:")
@@ -299,13 +297,12 @@ def main(args: Args):
         os.rename(os.path.join(ROOT, run_dir), os.path.join(ROOT, f"{run_dir}.partial-{int(time.time())}"))
     counter, failed = [0, len(ordered)], []
     if todo:
-        beside = f" ({first[1].name} beside it)" if len(first) > 1 else ""
-        print(f"{len(todo)} run(s) to go; {first[0].name} runs first{beside}: it builds the trace cache for all", flush=True)
-        failed = run_pool(first, len(first), args.python, counter)
-        if first[0].name in failed:
+        print(f"{len(todo)} run(s) to go; {first[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)
+        failed = run_pool(first, 1, args.python, counter)
+        if failed:
             print(f"the first run failed: the others are not started (see {first[0].log})")
             return 1
-        failed = run_pool(rest, max(1, args.jobs), args.python, counter, done=[j.name for j in first if j.name not in failed], failed=failed)
+        failed = run_pool(rest, max(1, args.jobs), args.python, counter, done=[j.name for j in first])
 
     import plot  # matplotlib only now
 

@@ -375,7 +375,7 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     want = [w for w in want if "--traces" not in w]
     want = want[:1] + [f"python reproduce.py --collect-traces-to {traces} '--extra=--hard-min 9 --hard-max 9'"] + want[1:] + other
     assert cmds == want
-    assert lines[0].startswith("# first, with the other family's traces beside it") and lines[3].startswith("# then, 2 at a time")
+    assert lines[0].startswith("# first, alone") and lines[2].startswith("# then, 2 at a time")
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
 
 
@@ -447,31 +447,13 @@ def test_reproduce_runs_a_job_only_after_the_job_it_needs(tmp_path, capsys):
 def test_reproduce_runs_the_jobs_that_need_the_first_one_after_it(tmp_path, monkeypatch, capsys):
     # only the other family's runs to do: its traces job runs first, alone, and they must start after it
     # (they waited forever when the second pool did not know the first had finished)
-    monkeypatch.setattr(reproduce, "run_pool", lambda jobs, width, python, counter, done=(), failed=(): calls.append(
+    monkeypatch.setattr(reproduce, "run_pool", lambda jobs, width, python, counter, done=(): calls.append(
         ([j.name for j in jobs], [j.needs for j in jobs], list(done))) or [])
     monkeypatch.setattr(plot, "main", lambda args: 0)
     calls = []
     reproduce.main(reproduce.Args(out=str(tmp_path / "out"), seeds=1, methods=("prefixrl_other_family",), jobs=2))
     (first, _, _), (rest, needs, done) = calls
     assert first == ["traces_toy-gpt2"] and rest == ["prefixrl_other_family_s1"] and needs[0] in done
-
-
-def test_reproduce_collects_the_other_familys_traces_beside_the_first_run(tmp_path, monkeypatch, capsys):
-    # they need none of the first run's trace cache: they take the core its threads leave (15.9 -> ? min
-    # for --seeds 1); if they fail, the runs that need them are reported, not waited for
-    real_pool, calls = reproduce.run_pool, []
-
-    def pool(jobs, width, python, counter, done=(), failed=()):
-        calls.append(([j.name for j in jobs], width, [j.threads for j in jobs], list(done)))
-        return ["traces_toy-gpt2"] if len(calls) == 1 else real_pool(jobs, width, python, counter, done, failed)
-
-    monkeypatch.setattr(reproduce, "run_pool", pool)
-    monkeypatch.setattr(reproduce, "start", lambda job, python: pytest.fail(f"{job.name} started"))
-    monkeypatch.setattr(plot, "main", lambda args: 0)
-    rc = reproduce.main(reproduce.Args(out=str(tmp_path / "out"), seeds=1, methods=("prefixrl", "prefixrl_other_family"), jobs=2))
-    assert calls[0] == (["prefixrl_s1", "traces_toy-gpt2"], 2, [2, 1], [])
-    assert calls[1] == (["prefixrl_other_family_s1"], 2, [1], ["prefixrl_s1"])
-    assert rc == 1 and "prefixrl_other_family_s1 not run: traces_toy-gpt2 failed" in capsys.readouterr().out
 
 
 # BENCH/TAKEOFF.PY: per family, the first success and the take-off, from groups.jsonl
