@@ -10,7 +10,8 @@
 #   STAGES=0 DEVICE=cpu bash bench/gpu.sh               # stage 0 alone (STAGES: the digits of the stages to run)
 #
 # Logs (what the scripts print, then step_memory.py's numbers) go to $LOGS, run dirs to $RUNS. With
-# DEADLINE (seconds), stage 2 stops there and reports the steps it took (metrics.jsonl keeps them).
+# DEADLINE (seconds), stage 1 gets at most half of what is left and stage 2 stops there; each reports
+# the steps it took (metrics.jsonl keeps them).
 set -u
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-smollm2-135m} LOGS=${LOGS:-runs/gpu} RUNS=${RUNS:-runs/gpu} DEVICE=${DEVICE:-cuda} STAGES=${STAGES:-012} PYTHON=${PYTHON:-python3}
@@ -31,7 +32,7 @@ done
 
 ARITH="--model $MODEL --task arith --level 4 --n-train 64 --n-heldout 64 --trace-budget 128 --max-new-tokens 256
        --device $DEVICE --threads 4 --cache-dir $RUNS/cache"
-[[ $STAGES == *1* ]] && $PYTHON bench/step_memory.py prefixrl.py $ARITH --prompts-per-step 128 --rollouts 8 --steps 4 --eval-every 100 \
+[[ $STAGES == *1* ]] && timeout -k 30 $(( (END - $(date +%s)) / 2 )) $PYTHON bench/step_memory.py prefixrl.py $ARITH --prompts-per-step 128 --rollouts 8 --steps 4 --eval-every 100 \
   --eval-samples 1 --final-eval-samples 1 --save-every 1000 --run-dir "$RUNS/step128" > "$LOGS/step128.log" 2>&1
 [[ $STAGES == *1* ]] && { echo "== 128x8x256"; quiet "$LOGS/step128.log" 8; echo "stage 1 done at $(( $(date +%s) - START )) s"; }
 [[ $STAGES == *2* ]] || exit 0
