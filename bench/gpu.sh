@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks behind README's GPU numbers, one command on one GPU:
+# The first checks on a GPU, one command on one GPU:
 #   0. the four scripts on the toy, 3 steps each, side by side (does the CUDA path run end to end?)
 #   1. SmolLM2-135M-Instruct at 128 prompts x 8 rollouts x 256 new tokens: seconds per step and peak
 #      memory (PrefixRL, alone on the GPU, traces collected first), next to the start-up estimate

@@ -2,7 +2,7 @@
 this process with the flags given after it; afterwards this prints the seconds per RL step (from the
 run's time.jsonl, steps after the first, which holds the first evaluation) and, on CUDA, the peak
 memory PyTorch allocated and reserved over the whole run (trace collection and evaluation included),
-next to the estimate the script printed at start-up.
+to compare with the estimate the script printed at start-up (above it in the output).
 
     python bench/step_memory.py standard_rl.py --model smollm2-135m --task arith --level 4 \\
         --prompts-per-step 128 --rollouts 8 --max-new-tokens 256 --steps 4 --device cuda
@@ -46,8 +46,7 @@ def report(script, run_dir):
     if not os.path.exists(os.path.join(run_dir, "time.jsonl")):
         return print(f"{os.path.basename(script)}: no step was taken")
     with open(os.path.join(run_dir, "time.jsonl")) as f:
-        rows = [json.loads(line) for line in f if '"step"' in line]
-    times = [r["time"] for r in rows if "time" in r]
+        times = [row["time"] for row in map(json.loads, f) if "time" in row]
     per_step = np.diff(times)
     print(f"\n{os.path.basename(script)}: {len(times)} steps; seconds per step after the first: "
           + (f"median {np.median(per_step):.2f}, min {per_step.min():.2f}, max {per_step.max():.2f}" if len(per_step) else "n/a (one step)"))
