@@ -10,7 +10,10 @@ It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, -
 Teacher-forces the one correct solution of every problem (training candidates and held-out) and prints:
 p(right | hard step) per family and overall, p(right | easy step), and the exact probability of
 sampling the correct solution (at temperature 1), by number of hard steps H: the reward rate, since
-the reward checks every value. Also, over the families not learned (below 0.9), the table entries that a
+the reward checks every value. With a trace cache for these flags (written by prefixrl.py), also the count
+behind standard RL's stall or escape: the rollouts reproduce.py gives RL n=8 (PrefixRL's FLOPs) spread over the
+pool, times each pool problem's exact pass@1, is the expected number of successes per pool problem at the
+base rate, and 1 - exp(-that) the share of pool problems expected to see at least one. Also, over the families not learned (below 0.9), the table entries that a
 shared feature would pick out (the rule the smaller or the larger value of its pair): a trained policy
 that learned such a feature shows a gap between the two groups.
 """
@@ -24,6 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
 import prefixrl  # noqa: E402
+import reproduce  # noqa: E402
+import standard_rl  # noqa: E402
 import tasks  # noqa: E402
 import utils  # noqa: E402
 
@@ -32,7 +37,7 @@ import utils  # noqa: E402
 def main(args: prefixrl.Args):
     models.check_args(args)
     torch.set_num_threads(args.threads)
-    model, _, _ = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+    model, _, model_id = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
     problems = task.train + task.heldout
     by_entry, easy, exact = models.toy_calibration(model, problems)
@@ -52,6 +57,31 @@ def main(args: prefixrl.Args):
         print(f"    rule the {side} value of its pair ({len(ps)} entries): mean p(right) {np.mean(ps):.2f}")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
+    trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+    if os.path.exists(trace_path):
+        rl_successes(model, task, trace_path)
+    else:
+        print(f"no trace cache {trace_path} (run prefixrl.py with these flags first): the pool's count is left out")
+
+
+def rl_successes(model, task, trace_path):
+    """Standard RL's expected successes per pool problem at the base model's exact pass@1."""
+    traces, _ = utils.load_traces(trace_path, problems=task.train)
+    pool = [p for p in task.train if p.id in traces]
+    flags = reproduce.METHODS["rl_n8"]
+    steps = int(flags[flags.index("--steps") + 1])
+    rollouts = steps * standard_rl.Args.prompts_per_step * standard_rl.Args.rollouts
+    exact = {}
+    for problems in (task.train, pool):
+        for p in problems:  # one at a time: toy_calibration groups its exact pass@1 by H, not by problem
+            exact.setdefault(p.id, [v for vs in models.toy_calibration(model, [p])[2].values() for v in vs][0])
+    expected = np.array([exact[p.id] * rollouts / len(pool) for p in pool])
+    print(f"pool: {len(pool)} of {len(task.train)} training problems have a trace; exact pass@1 mean "
+          f"{np.mean([exact[p.id] for p in pool]):.2e} (all training problems: {np.mean([exact[p.id] for p in task.train]):.2e})")
+    print(f"standard RL n=8 in reproduce.py: {steps} steps x {standard_rl.Args.prompts_per_step} prompts x "
+          f"{standard_rl.Args.rollouts} rollouts = {rollouts} on the pool: expected successes per pool problem at the "
+          f"base rate mean {expected.mean():.2f} (median {np.median(expected):.2f}); share of pool problems expected "
+          f"to see one or more: {np.mean(1 - np.exp(-expected)):.2f}")
 
 
 if __name__ == "__main__":
