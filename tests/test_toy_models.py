@@ -41,3 +41,32 @@ def test_pretrain_command_remakes_a_model(tmp_path):
     assert models.shipped_toy_dir("toy-gpt2", 3, 0, tasks.TOY_LENGTH) is None  # another recipe is never taken for the shipped one
     bad = subprocess.run([sys.executable, "models.py", "pretrian"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "usage: python models.py pretrain" in bad.stderr
+
+
+def test_calibrate_toy_counts_standard_rls_successes_on_the_pool_only(capsys, tmp_path):
+    """bench/calibrate_toy.py's count: standard RL's rollouts spread over the pool (the problems with a trace),
+    times each pool problem's exact pass@1; the pool is not all training problems (rejection sampling finds the
+    easier ones, which is why the count is twice the all-problem estimate)."""
+    import importlib.util
+
+    import numpy as np
+
+    import utils
+    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
+    calibrate_toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate_toy)
+    model, _, _ = models.load_model("toy", "unused-cache", "cpu")
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 6, 1, 0)
+    exact = [next(iter(models.toy_calibration(model, [p])[2].values()))[0] for p in task.train]
+    pool = [task.train[i] for i in np.argsort(exact)[-2:]]  # the two easiest: a pool mean far from the mean of all six
+    traces = {p.id: utils.Trace(p.id, tasks.toy_solution_ids(p.meta["values"], p.meta["entries"]), "", 1, 1.0, [], 1.0) for p in pool}
+    trace_path = str(tmp_path / "traces.json")
+    utils.save_traces(trace_path, {"model": "toy"}, traces, {p.id: 1 for p in task.train}, {p.id: 1.0 for p in task.train})
+    calibrate_toy.rl_successes(model, task, trace_path)
+    out = capsys.readouterr().out
+    rollouts = 570 * 16 * 8  # reproduce.py's RL n=8: 570 steps of 16 prompts x 8 rollouts
+    pool_exact = sorted(exact)[-2:]
+    assert f"pool: 2 of 6 training problems have a trace; exact pass@1 mean {np.mean(pool_exact):.2e}" in out
+    assert f"= {rollouts} on the pool" in out
+    assert f"mean {np.mean(pool_exact) * rollouts / 2:.2f}" in out
+    assert f"one or more: {np.mean(1 - np.exp(-np.array(pool_exact) * rollouts / 2)):.2f}" in out
