@@ -7,9 +7,11 @@
 One run goes first, alone, with --jobs torch threads: it collects the
 traces, cached in cache/ and reused by every other run (same model, problems, budget and trace
 seed). The others then run --jobs at a time with one torch thread each. When prefixrl_other_family is
-among the methods, the first of them is the second base model, of another family (models.py:
-"toy-gpt2"), collecting its own traces into OUT/traces/toy-gpt2.json; the prefixrl_other_family runs
-wait for it and get the file through --traces (paper Fig. 10). Run dirs go to
+among the methods, the other family's base model (models.py: "toy-gpt2") samples its own traces into
+OUT/traces/toy-gpt2.json, and the prefixrl_other_family runs get that file through --traces (paper
+Fig. 10). For the default problems that collection ships in toy_models/toy-gpt2/traces.json (the
+bytes `OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes, 5-6 minutes), so it is
+copied; for others it is the first job after the first run, and those runs wait for it. Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
@@ -92,6 +94,30 @@ def out_path(out):
 
 def other_traces_path(out):
     return os.path.join(out, "traces", f"{OTHER_FAMILY}.json")
+
+
+SHIPPED_OTHER_TRACES = os.path.join("toy_models", OTHER_FAMILY, "traces.json")
+"""the other family's traces for the default problems, as collect_other_traces writes them (tests/test_toy_models.py)"""
+
+
+def shipped_other_traces(extra):
+    """SHIPPED_OTHER_TRACES if it is the collection that collect_other_traces(path, extra) would make (the
+    same model, problems, budget and seed: the file's key), else None."""
+    import models
+    import prefixrl
+    import tasks
+    import utils
+
+    run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
+    path = os.path.join(ROOT, SHIPPED_OTHER_TRACES)
+    steps = models.toy_pretrain_steps(OTHER_FAMILY, run.toy_pretrain_steps)
+    model_dir = models.shipped_toy_dir(OTHER_FAMILY, steps, 0, run.toy_length) if run.task == "toy" and not run.dataset else None
+    if model_dir is None or not os.path.exists(path):
+        return None
+    task = tasks.load_task(run, None)  # the toy needs no tokenizer
+    key = utils.traces_key(models.toy_model_id(OTHER_FAMILY, model_dir), task, task.train, run.trace_budget, 1.0, run.trace_seed)
+    with open(path) as f:
+        return path if json.load(f).get("key") == key else None
 
 
 def other_traces_job(args):
@@ -272,8 +298,13 @@ def main(args: Args):
             aside.append(j.run_dir)
             print(f"# {j.name}: an unfinished run in {j.run_dir} is moved to {j.run_dir}.partial-<time> and run again")
         todo.append(j)
-    ordered = list(todo)
-    if any(j.name.startswith("prefixrl_other_family") for j in todo) and not os.path.exists(os.path.join(ROOT, other_traces_path(out))):
+    ordered, shipped = list(todo), None
+    need_other = (any(j.name.startswith("prefixrl_other_family") for j in todo)
+                  and not os.path.exists(os.path.join(ROOT, other_traces_path(out))))
+    if need_other and (shipped := shipped_other_traces(args.extra)):
+        print(f"# the other family's traces: {SHIPPED_OTHER_TRACES}, copied to {other_traces_path(out)} (the same bytes as "
+              f"`OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes in 5-6 minutes)")
+    elif need_other:
         traces = other_traces_job(args)  # the other family's base model and traces: early, its runs last
         for j in todo:
             j.needs = traces.name if j.name.startswith("prefixrl_other_family") else None
@@ -295,6 +326,11 @@ def main(args: Args):
         return 0
     for run_dir in aside:
         os.rename(os.path.join(ROOT, run_dir), os.path.join(ROOT, f"{run_dir}.partial-{int(time.time())}"))
+    if shipped:
+        import shutil
+
+        os.makedirs(os.path.dirname(os.path.join(ROOT, other_traces_path(out))), exist_ok=True)
+        shutil.copyfile(shipped, os.path.join(ROOT, other_traces_path(out)))
     counter, failed = [0, len(ordered)], []
     if todo:
         print(f"{len(todo)} run(s) to go; {first[0].name} runs alone first: it builds the base model and the trace cache for all", flush=True)

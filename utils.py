@@ -1150,6 +1150,12 @@ PARTIAL = ".partial"
 """a trace collection in progress: cache path + PARTIAL, rewritten after each round"""
 
 
+def traces_key(model_id, task, problems, budget, temperature, seed):
+    """What a traces file was collected for (model, problems, budget, temperature, seed): its "key"."""
+    return dict(model=model_id, task=task.fingerprint, budget=budget, temperature=temperature, seed=seed,
+                problems=hashlib.sha256("".join(p.id for p in problems).encode()).hexdigest()[:16])
+
+
 def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
                    batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
@@ -1160,8 +1166,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
     (or killed) goes on from its last round and ends with the traces of one that never stopped."""
     from tqdm import tqdm
 
-    key = dict(model=model_id, task=task.fingerprint, budget=budget, temperature=temperature, seed=seed,
-               problems=hashlib.sha256("".join(p.id for p in problems).encode()).hexdigest()[:16])
+    key = traces_key(model_id, task, problems, budget, temperature, seed)
     if os.path.exists(cache_path):
         return load_traces(cache_path, key)
     partial, generator = cache_path + PARTIAL, torch.Generator().manual_seed(seed)

@@ -451,9 +451,26 @@ def test_reproduce_runs_the_jobs_that_need_the_first_one_after_it(tmp_path, monk
         ([j.name for j in jobs], [j.needs for j in jobs], list(done))) or [])
     monkeypatch.setattr(plot, "main", lambda args: 0)
     calls = []
-    reproduce.main(reproduce.Args(out=str(tmp_path / "out"), seeds=1, methods=("prefixrl_other_family",), jobs=2))
+    # another trace budget than the shipped collection's: the other family's traces are collected, not copied
+    reproduce.main(reproduce.Args(out=str(tmp_path / "out"), seeds=1, methods=("prefixrl_other_family",), jobs=2, extra="--trace-budget 64"))
     (first, _, _), (rest, needs, done) = calls
     assert first == ["traces_toy-gpt2"] and rest == ["prefixrl_other_family_s1"] and needs[0] in done
+
+
+def test_reproduce_copies_the_shipped_other_family_traces_for_the_default_problems(tmp_path, monkeypatch, capsys):
+    """The default problems' other-family collection ships in toy_models/: copied, byte for byte, and no job
+    collects it; any other collection (here another trace seed) is a job again."""
+    monkeypatch.setattr(reproduce, "run_pool", lambda jobs, width, python, counter, done=(): calls.append([j.name for j in jobs]) or [])
+    monkeypatch.setattr(plot, "main", lambda args: 0)
+    calls, out = [], tmp_path / "out"
+    reproduce.main(reproduce.Args(out=str(out), seeds=1, methods=("prefixrl", "prefixrl_other_family"), jobs=2))
+    assert calls == [["prefixrl_s1"], ["prefixrl_other_family_s1"]]
+    with open(out / "traces" / "toy-gpt2.json", "rb") as f, open(os.path.join(reproduce.ROOT, reproduce.SHIPPED_OTHER_TRACES), "rb") as g:
+        assert f.read() == g.read()
+    assert "# the other family's traces: toy_models/toy-gpt2/traces.json, copied to" in capsys.readouterr().out
+    calls.clear()
+    reproduce.main(reproduce.Args(out=str(tmp_path / "other"), seeds=1, methods=("prefixrl", "prefixrl_other_family"), jobs=2, extra="--trace-seed 1"))
+    assert calls == [["prefixrl_s1"], ["traces_toy-gpt2", "prefixrl_other_family_s1"]]
 
 
 # BENCH/TAKEOFF.PY: per family, the first success and the take-off, from groups.jsonl

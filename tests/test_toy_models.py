@@ -70,3 +70,30 @@ def test_calibrate_toy_counts_standard_rls_successes_on_the_pool_only(capsys, tm
     assert f"= {rollouts} on the pool" in out
     assert f"mean {np.mean(pool_exact) * rollouts / 2:.2f}" in out
     assert f"one or more: {np.mean(1 - np.exp(-np.array(pool_exact) * rollouts / 2)):.2f}" in out
+
+
+def test_shipped_other_family_traces_are_the_default_collection(tmp_path):
+    """toy_models/toy-gpt2/traces.json (reproduce.py copies it instead of collecting for 5-6 minutes): its recorded
+    checksum; the key that reproduce.py's collection for the default problems would have (a change to the task, the
+    budget or toy-gpt2 makes it stale and this fails: remake it with the command in reproduce.py's docstring); each
+    trace a correct solution written by toy-gpt2, with the log-probs toy-gpt2 gives it at temperature 1."""
+    import torch
+
+    import reproduce
+    import utils
+    path = os.path.join(ROOT, reproduce.SHIPPED_OTHER_TRACES)
+    assert models.file_sha256(path) == models.shipped_checksums()["toy-gpt2/traces.json"]
+    assert reproduce.shipped_other_traces("") == path
+    with open(path) as f:
+        data = json.load(f)
+    assert data["total_flops"] == sum(data["flops"].values()) and all(1 <= a <= data["key"]["budget"] for a in data["attempts"].values())
+    model, _, _ = models.load_model("toy-gpt2", str(tmp_path), "cpu")
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
+    by_id = {p.id: p for p in task.train}
+    for t in data["traces"]:
+        p = by_id[t["problem_id"]]
+        assert task.reward(p, [], t["token_ids"]) == 1.0
+        ids, attn, mask = utils.make_batch([p.prompt_ids], [t["token_ids"]], task.pad_id, "cpu")
+        with torch.no_grad():
+            logp = utils.token_logprobs(model, ids, attn)[0][mask > 0]
+        torch.testing.assert_close(logp, torch.tensor(t["behaviour_logprobs"]), rtol=0, atol=1e-5)
