@@ -10,7 +10,7 @@ seed). The others then run --jobs at a time with one torch thread each. When pre
 among the methods, the other family's base model (models.py: "toy-gpt2") samples its own traces into
 OUT/traces/toy-gpt2.json, and the prefixrl_other_family runs get that file through --traces (paper
 Fig. 10). For the default problems that collection ships in toy_models/toy-gpt2/traces.json (the
-bytes `OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes, 5-6 minutes), so it is
+bytes `OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes, 5-7 minutes), so it is
 copied; for others it is the first job after the first run, and those runs wait for it. Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
@@ -303,7 +303,7 @@ def main(args: Args):
                   and not os.path.exists(os.path.join(ROOT, other_traces_path(out))))
     if need_other and (shipped := shipped_other_traces(args.extra)):
         print(f"# the other family's traces: {SHIPPED_OTHER_TRACES}, copied to {other_traces_path(out)} (the same bytes as "
-              f"`OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes in 5-6 minutes)")
+              f"`OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes in 5-7 minutes)")
     elif need_other:
         traces = other_traces_job(args)  # the other family's base model and traces: early, its runs last
         for j in todo:

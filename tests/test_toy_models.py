@@ -73,7 +73,7 @@ def test_calibrate_toy_counts_standard_rls_successes_on_the_pool_only(capsys, tm
 
 
 def test_shipped_other_family_traces_are_the_default_collection(tmp_path):
-    """toy_models/toy-gpt2/traces.json (reproduce.py copies it instead of collecting for 5-6 minutes): its recorded
+    """toy_models/toy-gpt2/traces.json (reproduce.py copies it instead of collecting for 5-7 minutes): its recorded
     checksum; the key that reproduce.py's collection for the default problems would have (a change to the task, the
     budget or toy-gpt2 makes it stale and this fails: remake it with the command in reproduce.py's docstring); each
     trace a correct solution written by toy-gpt2, with the log-probs toy-gpt2 gives it at temperature 1."""
