@@ -468,6 +468,16 @@ def shipped_checksums() -> dict:
         return {path: digest for digest, path in (line.split() for line in f if line.strip())}
 
 
+def record_checksum(path: str) -> str:
+    """A file's sha256; for a file inside toy_models/ (a shipped one), also written to SHA256SUMS."""
+    digest, rel = file_sha256(path), os.path.relpath(os.path.abspath(path), SHIPPED)
+    if not rel.startswith(".."):
+        sums = shipped_checksums()
+        sums[rel] = digest
+        utils.write_atomic(SHA256SUMS, "".join(f"{h}  {p}\n" for p, h in sorted(sums.items())))
+    return digest
+
+
 @dataclass
 class PretrainArgs:
     """Pretrain a toy base model and write it to toy_models/NAME (or --out), with its calibration."""
@@ -496,11 +506,7 @@ def pretrain_main(a: PretrainArgs):
         made = json.load(f)
     made.update(calibration=calibration, minutes=round((time.time() - t0) / 60, 1), threads=a.threads)
     utils.write_atomic(os.path.join(out, "prefixrl_toy.json"), json.dumps(made, indent=1) + "\n")
-    digest = file_sha256(os.path.join(out, "model.safetensors"))
-    if os.path.abspath(out) == os.path.join(SHIPPED, a.name):  # the shipped copy: record its checksum
-        sums = shipped_checksums()
-        sums[f"{a.name}/model.safetensors"] = digest
-        utils.write_atomic(SHA256SUMS, "".join(f"{h}  {p}\n" for p, h in sorted(sums.items())))
+    digest = record_checksum(os.path.join(out, "model.safetensors"))
     print(f"{out}: {json.dumps(calibration)}; model.safetensors sha256 {digest}; {made['minutes']} min")
 
 

@@ -10,8 +10,9 @@ seed). The others then run --jobs at a time with one torch thread each. When pre
 among the methods, the other family's base model (models.py: "toy-gpt2") samples its own traces into
 OUT/traces/toy-gpt2.json, and the prefixrl_other_family runs get that file through --traces (paper
 Fig. 10). For the default problems that collection ships in toy_models/toy-gpt2/traces.json (the
-bytes `OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes, 5-7 minutes), so it is
-copied; for others it is the first job after the first run, and those runs wait for it. Run dirs go to
+bytes `OMP_NUM_THREADS=1 python reproduce.py --collect-traces-to FILE` writes, 5-7 minutes; into
+toy_models/ it also records the file's checksum: remove the old file first), so it is copied; for other
+problems it is the first job after the first run, and those runs wait for it. Run dirs go to
 OUT/runs/<method>_s<seed>, each run's output to OUT/logs/, figures and results.md to OUT/figures. A run dir that already holds a finished
 run is kept and not run again, so an interrupted reproduction goes on where it stopped; an unfinished
 one continues from its checkpoint.pt when it has one (--resume), else it is moved aside to
@@ -141,7 +142,7 @@ def collect_other_traces(path, extra):
     model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
     traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
-    print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path}")
+    print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path} (sha256 {models.record_checksum(path)})")
 
 
 def collection_args(run):

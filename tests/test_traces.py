@@ -166,3 +166,23 @@ def test_the_other_family_collects_its_own_traces_for_the_same_problems(toy_cach
     with torch.no_grad():
         logp = utils.token_logprobs(model, ids, attn)[0][mask > 0]
     torch.testing.assert_close(logp, torch.tensor(t["behaviour_logprobs"]), rtol=0, atol=1e-5)
+
+
+def test_the_other_family_traces_remade_into_toy_models_record_their_checksum(toy_cache, tmp_path, monkeypatch):
+    """`reproduce.py --collect-traces-to toy_models/toy-gpt2/traces.json` (the shipped file's remake) writes the
+    new file's sha256 to toy_models/SHA256SUMS; a collection anywhere else leaves SHA256SUMS alone."""
+    import models
+    import reproduce
+
+    shipped = tmp_path / "toy_models"
+    (shipped / "toy-gpt2").mkdir(parents=True)
+    (shipped / "SHA256SUMS").write_text("abc  toy/model.safetensors\n")
+    monkeypatch.setattr(models, "SHIPPED", str(shipped))
+    monkeypatch.setattr(models, "SHA256SUMS", str(shipped / "SHA256SUMS"))
+    monkeypatch.setattr(tasks, "toy_reward", lambda p, prefix, r: float(len(r) > 0 and r[0] % 2 == 0))  # finds traces fast
+    extra = f"--cache-dir {toy_cache} --toy-pretrain-steps 20 --hard-min 1 --hard-max 3 --n-train 4 --n-heldout 2 --trace-budget 8"
+    reproduce.collect_other_traces(str(tmp_path / "elsewhere.json"), extra)
+    assert models.shipped_checksums() == {"toy/model.safetensors": "abc"}
+    path = shipped / "toy-gpt2" / "traces.json"
+    reproduce.collect_other_traces(str(path), extra)
+    assert models.shipped_checksums() == {"toy/model.safetensors": "abc", "toy-gpt2/traces.json": models.file_sha256(str(path))}
