@@ -117,8 +117,11 @@ def shipped_other_traces(extra):
         return None
     task = tasks.load_task(run, None)  # the toy needs no tokenizer
     key = utils.traces_key(models.toy_model_id(OTHER_FAMILY, model_dir), task, task.train, run.trace_budget, 1.0, run.trace_seed)
-    with open(path) as f:
-        return path if json.load(f).get("key") == key else None
+    try:
+        with open(path) as f:
+            return path if json.load(f).get("key") == key else None
+    except (OSError, ValueError, AttributeError):  # unreadable: collected instead, as for other problems
+        return None
 
 
 def other_traces_job(args):
