@@ -71,10 +71,8 @@ def rl_successes(model, task, trace_path):
     flags = reproduce.METHODS["rl_n8"]
     steps = int(flags[flags.index("--steps") + 1])
     rollouts = steps * standard_rl.Args.prompts_per_step * standard_rl.Args.rollouts
-    exact = {}
-    for problems in (task.train, pool):
-        for p in problems:  # one at a time: toy_calibration groups its exact pass@1 by H, not by problem
-            exact.setdefault(p.id, [v for vs in models.toy_calibration(model, [p])[2].values() for v in vs][0])
+    # one problem at a time: toy_calibration groups its exact pass@1 by H, not by problem
+    exact = {p.id: next(iter(models.toy_calibration(model, [p])[2].values()))[0] for p in task.train}
     expected = np.array([exact[p.id] * rollouts / len(pool) for p in pool])
     print(f"pool: {len(pool)} of {len(task.train)} training problems have a trace; exact pass@1 mean "
           f"{np.mean([exact[p.id] for p in pool]):.2e} (all training problems: {np.mean([exact[p.id] for p in task.train]):.2e})")
