@@ -245,6 +245,7 @@ def main(args: Args):
             break
 
         # ROLLOUTS: n - 1 per prompt, from the original problems, then the problem's stored trace
+        rollouts_start = time.time()  # sampling and scoring; the rest of the step is training
         model.eval()
         batch = utils.choose(rng, originals, args.prompts_per_step)
         prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
@@ -258,6 +259,7 @@ def main(args: Args):
         rewards = [task.reward(p, [], r) for p, r in zip(prompts, responses)]
         on_policy = torch.arange(len(contexts), device=args.device) % args.rollouts < own
 
+        training_start = time.time()
         # IMPORTANCE WEIGHTS of the trace tokens (1 on sampled ones), from their stored log-probs
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
         rows, mask = (~on_policy).nonzero()[:, 0], loss_mask[~on_policy]
@@ -301,7 +303,8 @@ def main(args: Args):
             "train/min_is_weight": trace_w.min().item(), "train/max_log_is_weight_raw": max_log_w,
             "train/entropy": entropy,  # of the sampled rollouts
             "train/response_len": float(np.mean([len(r) for r in sampled])),
-            "time": time.time() - start,
+            "time": time.time() - start, "time_rollouts": training_start - rollouts_start,
+            "time_training": time.time() - training_start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, on a signal
 

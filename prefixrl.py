@@ -220,6 +220,7 @@ def main(args: Args):
             break
 
         # ROLLOUTS: n per prompt, from a 3:1 mix of prefixed and original problems
+        rollouts_start = time.time()  # sampling and scoring; the rest of the step is training
         model.eval()
         batch = utils.choose(rng, prefixed, n_prefixed)
         batch += [(p, []) for p in utils.choose(rng, originals, n_original)]
@@ -233,6 +234,7 @@ def main(args: Args):
         # the answer must be the response's own: the prefix ends before the trace's answer, unscored
         rewards = [task.reward(p, prefix, r) for (p, prefix), r in zip(prompts, responses)]
 
+        training_start = time.time()
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         # THE PREFIX MASK: loss_mask is 1 on response tokens only, 0 on the context (prompt, prefix)
@@ -259,14 +261,15 @@ def main(args: Args):
         utils.log_metrics(run_dir, {
             "step": step + 1, "flops": flops,
             "train/reward_no_prefix": utils.mean(np.array(rewards)[plain_rows]),
-            "train/reward_prefixed": utils.mean(np.array(rewards)[~plain_rows]),  # None: cuts empty
+            "train/reward_prefixed": utils.mean(np.array(rewards)[~plain_rows]),
             "train/all_negative_frac": float((groups.max(1) == 0).mean()),
             "train/all_negative_frac_no_prefix": utils.mean(groups[plain].max(1) == 0),
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
             "train/entropy": entropy,
             "train/entropy_no_prefix": utils.mean_entropy([h for h, p in zip(entropies, plain_rows) if p]),
             "train/response_len": float(np.mean([len(r) for r in responses])),
-            "time": time.time() - start,
+            "time": time.time() - start, "time_rollouts": training_start - rollouts_start,
+            "time_training": time.time() - training_start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, on a signal
 

@@ -196,6 +196,7 @@ def main(args: Args):
             break
 
         # ROLLOUTS: n per prompt, from the original problems only
+        rollouts_start = time.time()  # sampling and scoring; the rest of the step is training
         model.eval()
         batch = utils.choose(rng, originals, args.prompts_per_step)
         prompts = [b for b in batch for _ in range(args.rollouts)]  # each one n times
@@ -205,6 +206,7 @@ def main(args: Args):
                                                max_tokens=args.sample_tokens)
         rewards = [task.reward(p, [], r) for p, r in zip(prompts, responses)]
 
+        training_start = time.time()
         # REINFORCE: advantage = reward - group mean; loss on sampled tokens only
         advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)
         ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)
@@ -230,7 +232,8 @@ def main(args: Args):
             "train/grad_norm": grad_norm, "train/grad_std": grad_std,
             "train/entropy": entropy,
             "train/response_len": float(np.mean([len(r) for r in responses])),
-            "time": time.time() - start,
+            "time": time.time() - start, "time_rollouts": training_start - rollouts_start,
+            "time_training": time.time() - training_start,
         })
         ckpt.save(state, step + 1, flops=flops)  # every --save-every steps, at the end, on a signal
 

@@ -101,7 +101,7 @@ def seed_everything(seed: int, threads: int):
 
 # RUN DIR AND METRICS
 CHECKPOINT, POLICY_DIR = "checkpoint.pt", "policy"
-WALL_CLOCK = ("time",)
+WALL_CLOCK = ("time", "time_rollouts", "time_training")
 """metrics fields that are not a function of seed and flags: logged to time.jsonl instead of metrics.jsonl"""
 RESUME_MAY_CHANGE = ("threads", "device")
 """flags that --resume may give again: they say where the run executes, not what it computes"""
@@ -1343,18 +1343,27 @@ def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):
     """n_cuts fixed token-level cuts per trace, each uniform in [cut_min, cut_max] of its reasoning
     (task.reasoning_end: the tokens before its final answer), so no prefix holds the answer.
     Returns [(problem, prefix_ids)] for the problems with a trace, drawn once, from their own seed,
-    so every run sees the same. Prints their lengths (prefix_summary)."""
+    so every run sees the same. Prints their lengths (prefix_summary). An empty cut (a trace that states
+    its answer first) is dropped: it would be the original problem, counted as a prefixed one."""
     rng = np.random.default_rng(seed)
-    out, trace_lengths, reasoning = [], [], []
+    out, trace_lengths, reasoning, cut_trace_lengths = [], [], [], []
     for p in sorted((p for p in problems if p.id in traces), key=lambda p: p.id):
         ids = traces[p.id].token_ids
         trace_lengths.append(len(ids))
         reasoning.append(task.reasoning_end(p, ids))
         for _ in range(n_cuts):
             cut = int(round(rng.uniform(cut_min, cut_max) * reasoning[-1]))
-            out.append((p, ids[:cut]))
+            if cut > 0:
+                out.append((p, ids[:cut]))
+                cut_trace_lengths.append(len(ids))
+    if trace_lengths and not out:
+        raise InputError(f"no prefix to train on: every cut is empty ({cut_min:g}-{cut_max:g} of the {min(reasoning)}-{max(reasoning)} "
+                         f"reasoning tokens before the answer of {len(trace_lengths)} traces rounds to 0); raise --cut-max, "
+                         f"or collect traces that reason before they answer")
     if out:
-        print(prefix_summary([len(prefix) for _, prefix in out], np.repeat(trace_lengths, n_cuts), reasoning, trace_lengths))
+        empty = len(trace_lengths) * n_cuts - len(out)
+        print(prefix_summary([len(prefix) for _, prefix in out], cut_trace_lengths, reasoning, trace_lengths)
+              + (f"; {empty} empty cuts dropped (traces that state the answer first)" if empty else ""))
     return out
 
 

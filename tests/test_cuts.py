@@ -136,3 +136,20 @@ def test_no_prefix_holds_any_part_of_the_final_answer(reasoning, ending, gold):
         if end < len(ids):  # and as long as that allows
             longer = decode(ids[: end + 1])
             assert not (text.startswith(longer) and len(longer) <= anchor), name
+
+
+def test_a_trace_that_answers_first_gives_no_empty_prefix():
+    """An empty cut would put the original problem among the prefixed ones (and PrefixRL's metrics
+    count a 0-token prefix as an original problem): it is dropped, and all-empty is refused."""
+    tok = FakeChatTokenizer()
+    task = tasks.make_arith_task(tok, 1, 2, 0, seed=0)
+    first, second = (dataclasses.replace(p, answer="42") for p in task.train)
+    answers_first = tok.encode("42. Because 40 + 2 is that.") + [task.eos_id]
+    reasons_first = tok.encode("40 + 2 makes \\boxed{42}") + [task.eos_id]
+    assert task.reasoning_end(first, answers_first) == 0
+    traces = {first.id: utils.Trace(first.id, answers_first, "", 1, 0.0, []),
+              second.id: utils.Trace(second.id, reasons_first, "", 1, 0.0, [])}
+    cuts = utils.cut_prefixes(task, [first, second], traces, 3, 0.4, 0.8, seed=0)
+    assert [p.id for p, _ in cuts] == [second.id] * 3 and all(prefix for _, prefix in cuts)
+    with pytest.raises(utils.InputError, match="every cut is empty .0.4-0.8 of the 0-0 reasoning tokens"):
+        utils.cut_prefixes(task, [first], {first.id: traces[first.id]}, 3, 0.4, 0.8, seed=0)

@@ -315,10 +315,10 @@ def test_final_eval_draws_the_samples_asked_for(script, n, toy_cache, teacher_tr
     assert drawn[-2:] == [4 * n, 4 * n]  # the final evaluation's two draws, the run's last
 
 
-def test_prefixes_cut_to_no_token_log_no_prefixed_reward(toy_cache, teacher_traces, tmp_path):
-    """--cut-max 0.01 of 12 values rounds every cut to 0 tokens: no prefixed rollout, so no prefixed reward (not NaN)."""
+def test_prefixes_cut_to_no_token_are_refused(toy_cache, teacher_traces, tmp_path):
+    """--cut-max 0.01 of 12 values rounds every cut to 0 tokens: empty prefixes are original problems, so
+    PrefixRL would be standard RL under another name; refused before any step."""
     run_dir = str(tmp_path / "run")
-    prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, cut_min=0.0, cut_max=0.01, **{**TINY, "steps": 1}))
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
-    assert [r["train/reward_prefixed"] for r in rows if "train/grad_norm" in r] == [None]
+    with pytest.raises(utils.InputError, match="every cut is empty .* raise --cut-max"):
+        prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, cut_min=0.0, cut_max=0.01, **{**TINY, "steps": 1}))
+    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))

@@ -72,9 +72,13 @@ def test_same_seed_gives_byte_identical_metrics(reference, toy_cache, teacher_tr
     prefixrl.main(prefixrl.Args(run_dir=second, cache_dir=toy_cache, traces=teacher_traces, **KILL))
     assert metrics_bytes(first) == metrics_bytes(second)
     rows = read_metrics(first)
-    assert not any("time" in r for r in rows)  # wall clock lives in time.jsonl
+    assert not any(k in r for r in rows for k in utils.WALL_CLOCK)  # wall clock lives in time.jsonl
     with open(os.path.join(first, "time.jsonl")) as f:
-        assert [json.loads(line)["step"] for line in f] == list(range(1, 9))
+        clock = [json.loads(line) for line in f]
+    assert [r["step"] for r in clock] == list(range(1, 9))
+    # each step's rollouts and training seconds fit in that step's wall time
+    for before, r in zip([0.0] + [r["time"] for r in clock], clock):
+        assert 0 < r["time_rollouts"] and 0 < r["time_training"] and r["time_rollouts"] + r["time_training"] <= r["time"] - before
     # the final policy, a Hugging Face directory, is the last checkpoint's model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
