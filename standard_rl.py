@@ -90,7 +90,10 @@ class Args:
     """sampling temperature for training rollouts; the loss uses log pi at this temperature, the
     distribution sampled from"""
     lr: float = 1e-4
-    """AdamW learning rate"""
+    """RL's learning rate (of --optimizer)"""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """RL's optimizer: AdamW, or SGD with momentum 0.9, which moves the weights in proportion to the
+    gradient, so that a lone success moves them little (docs/measurements.md, "The optimizer")"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this"""
     std_normalize: bool = False
@@ -182,7 +185,7 @@ def main(args: Args):
     print(f"{len(originals)}/{len(task.train)} problems have a trace")
 
     # TRAINING
-    optimizer = utils.adamw(model, args.lr, args.seed)  # --dtype bfloat16: utils.BF16AdamW
+    optimizer = utils.optimizer(model, args.optimizer, args.lr, args.seed)  # --dtype bfloat16: utils.BF16AdamW
     state = dict(model=model, optimizer=optimizer, rng=rng, generator=generator)
     ckpt = checkpoints.Checkpoints(run_dir, args)
     first, flops = ckpt.begin(state, flops=flops)  # --resume: the last checkpoint's step, FLOPs

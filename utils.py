@@ -393,6 +393,9 @@ def check_args(args):
     if "micro_batch" in values and not values.get("micro_batch_tokens"):  # tokens: micro-batches of any size
         checks.append(((a.prompts_per_step * a.rollouts) % a.micro_batch == 0,
                        f"batch {a.prompts_per_step}x{a.rollouts} is not divisible by --micro-batch {a.micro_batch}; give a divisor of {a.prompts_per_step * a.rollouts}"))
+    if values.get("optimizer") == "sgd" and "dtype" in values:
+        checks.append((a.dtype != "bfloat16", "--optimizer sgd keeps no float32 copy of the weights: with --dtype bfloat16 most of its "
+                                              "small updates would round away; use --dtype float32 or --optimizer adamw"))
     if "cut_min" in values:  # prefixrl.py
         checks.append((a.cut_min <= a.cut_max, f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {a.cut_min}..{a.cut_max}"))
         checks.append((a.cut_max > 0, f"--cut-max must be > 0 (a cut at 0% of the reasoning is no prefix), got {a.cut_max}"))
@@ -914,6 +917,13 @@ def adamw(model, lr, seed=0):
     return torch.optim.AdamW(model.parameters(), lr=lr)
 
 
+def optimizer(model, name, lr, seed=0):
+    """RL's optimizer (--optimizer): adamw(), or SGD with momentum 0.9 (float32 weights: check_args)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    return adamw(model, lr, seed)
+
+
 # MEMORY ESTIMATE: a step's peak, printed at start-up; a run that cannot fit is refused (exit 2).
 # The peak is the weights and AdamW's moments plus the larger of two phases: sampling (a chunk's KV
 # cache, its logits) and training (the gradient, train/grad_std's copy, a micro-batch's activations,
@@ -976,7 +986,8 @@ def memory_estimate(model, args, prompt_tokens, new_tokens, per_token=None, cuda
     by_tokens = max(1, args.micro_batch_tokens // row)  # micro_batches()
     micro_rows = min(batch, by_tokens if args.micro_batch_tokens else args.micro_batch)
     e = dict(rows=rows, row=row, micro_rows=micro_rows, weights=n * weight_bytes)
-    e["adamw"] = 8 * n * (2 if getattr(args, "sft_steps", 0) else 1)  # sft_rl.py keeps two
+    rl_state = 4 * n if getattr(args, "optimizer", "adamw") == "sgd" else 8 * n  # SGD's momentum, AdamW's two moments
+    e["adamw"] = rl_state + (8 * n if getattr(args, "sft_steps", 0) else 0)  # sft_rl.py keeps SFT's AdamW too
     e["autocast_copy"] = 2 * n if cuda and weight_bytes == 4 else 0
     # SAMPLING: the whole KV cache at the last step (and a layer's copy as it grows), or the
     # prefill: the distinct prompts' cache, its copy to every row, and a layer's activations

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import models
 import offpolicy_rl
@@ -322,3 +323,20 @@ def test_prefixes_cut_to_no_token_are_refused(toy_cache, teacher_traces, tmp_pat
     with pytest.raises(utils.InputError, match="every cut is empty .* raise --cut-max"):
         prefixrl.main(prefixrl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, cut_min=0.0, cut_max=0.01, **{**TINY, "steps": 1}))
     assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("script", [prefixrl, standard_rl, sft_rl, offpolicy_rl])
+def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, tmp_path):
+    """--optimizer sgd: RL's optimizer is SGD with momentum 0.9 (its momentum buffers are what the
+    checkpoint holds); sft_rl.py's SFT stays AdamW (exp_avg); the default is AdamW."""
+    extra = {"sft_steps": 2} if script is sft_rl else {}
+    for name, state_key in (("sgd", "momentum_buffer"), ("adamw", "exp_avg"))[: 2 if script is standard_rl else 1]:
+        run_dir = str(tmp_path / name)
+        script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "steps": 1},
+                                **extra, **({} if name == "adamw" else {"optimizer": "sgd", "lr": 0.035})))
+        state = torch.load(os.path.join(run_dir, utils.CHECKPOINT), weights_only=False)["state"]
+        assert all(state_key in s for s in state["optimizer"]["state"].values()) and state["optimizer"]["state"]
+        if script is sft_rl:
+            assert all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
+    opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.035)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.035

@@ -329,3 +329,13 @@ def test_a_run_that_cannot_fit_is_refused_with_one_line_and_exit_2(toy_cache, te
     assert utils.check_memory(model, task, args)["total"] > 1e6
     monkeypatch.delenv(utils.MEMORY_GB_ENV)  # this machine's free memory: the toy fits
     assert 1e6 < utils.check_memory(model, task, args)["total"] < utils.free_memory("cpu")
+
+
+def test_the_estimate_counts_the_optimizers_state():
+    """AdamW keeps two float32 moments per weight, SGD (--optimizer sgd) one momentum buffer; sft_rl.py
+    also keeps SFT's AdamW."""
+    model = tiny_llama()
+    n = sum(p.numel() for p in model.parameters())
+    for script, optimizer, state in ((prefixrl, "adamw", 8 * n), (prefixrl, "sgd", 4 * n), (sft_rl, "sgd", 12 * n)):
+        args = script.Args(optimizer=optimizer)
+        assert utils.memory_estimate(model, args, 8, 8, per_token=(1, 1), cuda=False)["adamw"] == state
