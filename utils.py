@@ -1042,7 +1042,8 @@ def check_memory(model, task, args) -> dict:
     room = free and free + e["weights"]
     room = float(os.environ[MEMORY_GB_ENV]) * 1e9 if MEMORY_GB_ENV in os.environ else room
     gb = {k: f"{v / 1e9:.2f}" for k, v in e.items()}
-    print(f"memory estimate: {gb['total']} GB = weights {gb['weights']} + AdamW {gb['adamw']}"
+    state = "optimizer state" if getattr(args, "optimizer", "adamw") == "sgd" else "AdamW"
+    print(f"memory estimate: {gb['total']} GB = weights {gb['weights']} + {state} {gb['adamw']}"
           f" + autocast copy {gb['autocast_copy']} + the larger of sampling {gb['sampling']}"
           f" ({e['rows']} rows x {e['row']} tokens) and training {gb['training']} (activations"
           f" {gb['activations']} of {e['micro_rows']} rows, grad_std copy {gb['grad_std_copy']});"
@@ -1374,7 +1375,7 @@ def cut_prefixes(task, problems, traces, n_cuts, cut_min, cut_max, seed):
     if out:
         empty = len(trace_lengths) * n_cuts - len(out)
         print(prefix_summary([len(prefix) for _, prefix in out], cut_trace_lengths, reasoning, trace_lengths)
-              + (f"; {empty} empty cuts dropped (traces that state the answer first)" if empty else ""))
+              + (f"; {empty} empty cuts dropped (no reasoning before the answer to cut)" if empty else ""))
     return out
 
 

@@ -51,6 +51,7 @@ def peaks():
 
 
 def record_peaks(run_dir, every=10.0):
+    """RUN_DIR/peak_memory.json, rewritten every `every` seconds (a daemon thread): what report() would print."""
     while True:
         time.sleep(every)
         if peaks() and os.path.isdir(run_dir):
