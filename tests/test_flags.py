@@ -337,6 +337,6 @@ def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, 
         state = torch.load(os.path.join(run_dir, utils.CHECKPOINT), weights_only=False)["state"]
         assert all(state_key in s for s in state["optimizer"]["state"].values()) and state["optimizer"]["state"]
         if script is sft_rl:
-            assert all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
+            assert state["sft_optimizer"]["state"] and all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
     opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.035)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.035
