@@ -132,6 +132,17 @@ def toy_model_id(name: str, path: str) -> str:
     return os.path.abspath(path)
 
 
+def shipped_traces(model_id: str):
+    """toy_models/NAME/traces.json when model_id is the shipped toy model NAME's: its collection for the
+    default problems (python reproduce.py --collect-traces-to FILE --collect-model NAME writes these
+    bytes), which utils.collect_traces copies when the key is the run's; else None."""
+    for name in TOY_MODELS:
+        path = os.path.join(SHIPPED, name, "traces.json")
+        if os.path.exists(path) and f"{name}/model.safetensors" in shipped_checksums() and model_id == toy_model_id(name, os.path.join(SHIPPED, name)):
+            return path
+    return None
+
+
 def toy_model_dir(cache_dir: str, pretrain_steps: int, seed: int, length: int = tasks.TOY_LENGTH, name: str = "toy") -> str:
     """The shipped toy base model for these settings, else one cached in cache_dir, pretrained on first
     use; keyed by its config, teacher, pretraining steps (0: the shipped model's), seed and task length."""
@@ -366,12 +377,32 @@ def load_model(name: str, cache_dir: str, device: str, toy_pretrain_steps: int =
     return model, tokenizer, model_id
 
 
+RL_OPTIMIZERS = {"sgd": 0.035, "adamw": 1e-4}
+"""RL's optimizers and their default learning rates. SGD is the toy task's: it moves the weights in
+proportion to the gradient, so a lone success of standard RL moves them little, while AdamW divides
+each coordinate by its recent scale and a lone success after a stall moves every weight it touches by
+a full step (docs/default-toy). 0.035 is the largest at which PrefixRL stayed stable on the toy (0.05
+collapsed). AdamW at 1e-4 for any other model, whose scale SGD's learning rate does not know."""
+
+
+def rl_optimizer_defaults(args):
+    """--optimizer and --lr where they were not given: SGD for the toy task, AdamW for any other, each at
+    its RL_OPTIMIZERS rate. In place, before args.json records the run's flags."""
+    if "optimizer" in vars(args) and args.optimizer is None:
+        toy = getattr(args, "task", "toy") == "toy" and not getattr(args, "dataset", None)
+        args.optimizer = "sgd" if toy else "adamw"
+    if "lr" in vars(args) and args.lr is None and args.optimizer in RL_OPTIMIZERS:
+        args.lr = RL_OPTIMIZERS[args.optimizer]
+
+
 def check_args(args):
-    """utils.check_args (every flag in its range, the combinations a run needs), then --model's
-    files, the task's and the base model's flags together, whose limits are tasks.py's and this
-    file's, and the input files: a --dataset is read, and a --traces file must be one that names
-    some of the training problems. bench/'s scripts with a --model run arith. The first bad one
-    raises InputError, one line; no model is loaded or pretrained."""
+    """The defaults that depend on the task (rl_optimizer_defaults), then utils.check_args (every flag
+    in its range, the combinations a run needs), then --model's files, the task's and the base model's
+    flags together, whose limits are tasks.py's and this file's, and the input files: a --dataset is
+    read, and a --traces file must be one that names some of the training problems. bench/'s scripts
+    with a --model run arith. The first bad one raises InputError, one line; no model is loaded or
+    pretrained."""
+    rl_optimizer_defaults(args)
     utils.check_args(args)
     if "model" in vars(args):
         check_model_path(args.model)

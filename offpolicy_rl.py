@@ -92,7 +92,7 @@ class Args:
     (p + gamma), p = pi_theta(token) at --temperature"""
     accept_correction: bool = True
     """divide the behaviour density by P(accept) ~ 1/attempts (rejection sampling); off: pi_0"""
-    steps: int = 150
+    steps: int = 400
     """RL steps (one gradient step each)"""
     prompts_per_step: int = 16
     """prompts per step"""
@@ -101,11 +101,12 @@ class Args:
     temperature: float = 1.0
     """sampling temperature for training rollouts; the loss uses log pi at this temperature, the
     distribution sampled from"""
-    lr: float = 1e-4
-    """RL's learning rate (of --optimizer)"""
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Optional[float] = None
+    """RL's learning rate (default: --optimizer's, models.RL_OPTIMIZERS: SGD 0.035, AdamW 1e-4)"""
+    optimizer: Optional[Literal["adamw", "sgd"]] = None
     """RL's optimizer: AdamW, or SGD with momentum 0.9, which moves the weights in proportion to the
-    gradient, so that a lone success moves them little (docs/measurements.md, "The optimizer")"""
+    gradient, so that a lone success moves them little (default: SGD on the toy task, where standard
+    RL's lone successes would otherwise take off, AdamW on any other; docs/default-toy)"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this"""
     std_normalize: bool = False
@@ -131,7 +132,7 @@ class Args:
     dtype: Literal["float32", "bfloat16"] = "float32"
     """the weights' and gradients' dtype; bfloat16 keeps AdamW's moments in float32 and rounds each
     update to bfloat16 stochastically (utils.BF16AdamW): 12 bytes a parameter instead of 16"""
-    eval_every: int = 10
+    eval_every: int = 40
     """evaluate (always without prefix) every this many steps, and at the start and end"""
     eval_samples: int = 8
     """samples per problem at evaluation (pass@k for k <= this)"""
@@ -217,7 +218,8 @@ def main(args: Args):
                                       args.trace_seed)
         traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget,
                                                    args.trace_temperature, args.trace_seed, path,
-                                                   model_id=model_id, max_tokens=args.sample_tokens)
+                                                   model_id=model_id, max_tokens=args.sample_tokens,
+                                                   shipped=models.shipped_traces(model_id))
     if not traces:
         raise utils.no_trace_found(args, len(task.train))
     originals = [p for p in task.train if p.id in traces]

@@ -33,17 +33,17 @@ import tyro
 ROOT = os.path.dirname(os.path.abspath(__file__))
 METHODS = {
     "prefixrl": ["prefixrl.py"],
-    "rl_n8": ["standard_rl.py", "--steps", "570", "--eval-every", "30"],
-    "rl_n64": ["standard_rl.py", "--rollouts", "64", "--prompts-per-step", "2", "--steps", "570", "--eval-every", "30"],  # 128 rollouts per step
+    "rl_n8": ["standard_rl.py", "--steps", "800", "--eval-every", "40"],
+    "rl_n64": ["standard_rl.py", "--rollouts", "64", "--prompts-per-step", "2", "--steps", "800", "--eval-every", "40"],  # 128 rollouts per step
     "sft_rl": ["sft_rl.py"],
     "offpolicy_rl": ["offpolicy_rl.py"],
     "prefixrl_prefixed_only": ["prefixrl.py", "--prefixed-only"],
     "prefixrl_other_family": ["prefixrl.py", "--traces", "{other_traces}"],
 }
 OTHER_FAMILY = "toy-gpt2"  # the base model whose traces prefixrl_other_family uses
-# Standard RL runs 570 steps, about PrefixRL's total FLOPs (rejection sampling included): on the default
-# toy 3.57e10 per step against PrefixRL's 2.01e13 (seed 1), so the two compare on the FLOPs axis as in the
-# paper's Fig. 2.
+# Standard RL runs 800 steps, about PrefixRL's total FLOPs (rejection sampling included): on the default
+# toy 3.57e10 per step against PrefixRL's 2.86e13 (400 steps, seed 1), so the two compare on the FLOPs
+# axis as in the paper's Fig. 2.
 POLL_S = 1.0  # how often running jobs are checked
 MethodName = Literal["prefixrl", "rl_n8", "rl_n64", "sft_rl", "offpolicy_rl", "prefixrl_prefixed_only", "prefixrl_other_family"]
 
@@ -67,8 +67,11 @@ class Args:
     python: str = sys.executable
     """python interpreter for the runs"""
     collect_traces_to: Optional[str] = None
-    """(the prefixrl_other_family job) collect traces with the other family's base model, for the
-    problems that --extra gives, into this file, and exit"""
+    """(the prefixrl_other_family job) collect traces with --collect-model, for the problems that
+    --extra gives, into this file, and exit"""
+    collect_model: Literal["toy-gpt2", "toy"] = OTHER_FAMILY
+    """the base model whose traces --collect-traces-to collects (toy: the collection every run's
+    rejection sampling makes, shipped in toy_models/toy/traces.json)"""
 
 
 @dataclass
@@ -131,8 +134,8 @@ def other_traces_job(args):
     return Job("traces_" + OTHER_FAMILY, cmd, None, os.path.join(out, "logs", f"traces_{OTHER_FAMILY}.log"))
 
 
-def collect_other_traces(path, extra):
-    """The task, budget and trace seed are those every run gets from --extra; the model is OTHER_FAMILY.
+def collect_other_traces(path, extra, name=OTHER_FAMILY):
+    """The task, budget and trace seed are those every run gets from --extra; the model is `name`.
     utils.collect_traces caches them in `path` (keyed by model, problems, budget, seed)."""
     import models
     import prefixrl
@@ -140,21 +143,21 @@ def collect_other_traces(path, extra):
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
-    models.check_args(collection_args(run))
+    models.check_args(collection_args(run, name))
     utils.seed_everything(0, int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, tokenizer, model_id = models.load_model(OTHER_FAMILY, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
+    model, tokenizer, model_id = models.load_model(name, run.cache_dir, "cpu", run.toy_pretrain_steps, toy_length=run.toy_length)
     task = tasks.load_task(run, tokenizer)
     traces, _ = utils.collect_traces(model, task, task.train, run.trace_budget, 1.0, run.trace_seed, path, model_id=model_id)
-    print(f"{OTHER_FAMILY}: traces for {len(traces)}/{len(task.train)} problems -> {path} (sha256 {models.record_checksum(path)})")
+    print(f"{name}: traces for {len(traces)}/{len(task.train)} problems -> {path} (sha256 {models.record_checksum(path)})")
 
 
-def collection_args(run):
-    """The other family's trace collection as flags that utils.check_args knows: the runs' problems and
-    budget, sampled by OTHER_FAMILY's model from the prompts alone (standard_rl.py's flags: no prefix)."""
+def collection_args(run, name=OTHER_FAMILY):
+    """A trace collection as flags that utils.check_args knows: the runs' problems and budget, sampled by
+    `name`'s model from the prompts alone (standard_rl.py's flags: no prefix)."""
     import standard_rl
 
     shared = {k: v for k, v in vars(run).items() if k in standard_rl.Args.__dataclass_fields__ and k != "model"}
-    return standard_rl.Args(**shared, model=OTHER_FAMILY)
+    return standard_rl.Args(**shared, model=name)
 
 
 def check_runs(args):
@@ -360,6 +363,6 @@ if __name__ == "__main__":
     cli = utils.cli(Args, __doc__.splitlines()[0])
     with utils.clean_errors():
         if cli.collect_traces_to:
-            collect_other_traces(cli.collect_traces_to, cli.extra)
+            collect_other_traces(cli.collect_traces_to, cli.extra, cli.collect_model)
             raise SystemExit(0)
         raise SystemExit(main(cli))

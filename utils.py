@@ -360,7 +360,9 @@ def check_args(args):
     values, hints = vars(args), typing.get_type_hints(type(args))
     for name, value in values.items():  # a choice given through the Python API (tyro refuses the others)
         hint = hints.get(name)
-        hint = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint  # Tuple[Literal[...], ...]
+        hint = typing.get_args(hint)[0] if typing.get_origin(hint) in (tuple, typing.Union) else hint  # Tuple[Literal[...], ...], Optional[...]
+        if value is None:  # an Optional flag left to its default
+            continue
         if typing.get_origin(hint) is typing.Literal and not set(value if isinstance(value, tuple) else (value,)) <= set(typing.get_args(hint)):
             raise InputError(f"{_flag(name)} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value}")
     for name, (test, allowed) in FLAG_RANGES.items():
@@ -394,7 +396,7 @@ def check_args(args):
         checks.append(((a.prompts_per_step * a.rollouts) % a.micro_batch == 0,
                        f"batch {a.prompts_per_step}x{a.rollouts} is not divisible by --micro-batch {a.micro_batch}; give a divisor of {a.prompts_per_step * a.rollouts}"))
     if values.get("optimizer") == "sgd" and "dtype" in values:
-        checks.append((a.dtype != "bfloat16", "--optimizer sgd keeps no float32 copy of the weights: with --dtype bfloat16 most of its "
+        checks.append((a.dtype != "bfloat16", "--optimizer sgd (the toy task's default) keeps no float32 copy of the weights: with --dtype bfloat16 most of its "
                                               "small updates would round away; use --dtype float32 or --optimizer adamw"))
     if "cut_min" in values:  # prefixrl.py
         checks.append((a.cut_min <= a.cut_max, f"cut range must satisfy 0 <= --cut-min <= --cut-max <= 1, got {a.cut_min}..{a.cut_max}"))
@@ -1169,16 +1171,25 @@ def traces_key(model_id, task, problems, budget, temperature, seed):
 
 
 def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
-                   batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS):
+                   batch_size=SAMPLE_ROWS, model_id="", max_tokens=SAMPLE_TOKENS, shipped=None):
     """One verified-correct trace per problem by rejection sampling, stopping at the first success,
     at most `budget` samples per problem. Every sample drawn is charged to its problem, also those
     drawn in the same batch after its first success. Returns (traces by problem id, total sampling
     FLOPs). After each round of batches, the collection so far (traces, each problem's attempts and
     FLOPs, the sampler's RNG state) goes to cache_path + PARTIAL: a collection stopped by a signal
-    (or killed) goes on from its last round and ends with the traces of one that never stopped."""
+    (or killed) goes on from its last round and ends with the traces of one that never stopped.
+    `shipped`: a file this collection wrote before (models.shipped_traces), copied into the cache
+    instead when its key is this collection's; its FLOPs are charged all the same."""
     from tqdm import tqdm
 
     key = traces_key(model_id, task, problems, budget, temperature, seed)
+    if not os.path.exists(cache_path) and shipped and _file_key(shipped) == key:
+        os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
+        shutil.copyfile(shipped, cache_path)
+        traces, flops = load_traces(cache_path, key)
+        print(f"rejection sampling: the shipped collection {shipped} (the bytes this collection writes), copied to "
+              f"{cache_path}: {len(traces)} traces, its {flops:.3g} FLOPs charged")
+        return traces, flops
     if os.path.exists(cache_path):
         return load_traces(cache_path, key)
     partial, generator = cache_path + PARTIAL, torch.Generator().manual_seed(seed)
@@ -1229,6 +1240,15 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
     if os.path.exists(partial):
         os.remove(partial)
     return traces, sum(flops.values())
+
+
+def _file_key(path):
+    """A traces file's key, None if it has none or cannot be read."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _load_partial(path, key):

@@ -72,7 +72,8 @@ def main(args: Args):
         if args.model not in models.TOY_MODELS and not os.path.exists(trace_path):
             print("collecting the traces with this repository's sampler; at scale, collect them "
                   "with scale/collect_traces.py (vLLM) and give --traces FILE")
-        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id)
+        traces, trace_flops = utils.collect_traces(model, task, task.train, args.trace_budget, args.trace_temperature, args.trace_seed, trace_path, model_id=model_id,
+                                                   shipped=models.shipped_traces(model_id))
     if not traces:
         raise utils.InputError(f"no correct trace found for any of {len(task.train)} problems within --trace-budget {args.trace_budget}; raise it or lower --hard-min")
     originals = [p for p in task.train if p.id in traces]

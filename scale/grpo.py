@@ -210,6 +210,14 @@ def cut_rows(run_dir, step):
             utils.write_atomic(path, "".join(kept))
 
 
+def optimizer_config(name):
+    """The export's RL optimizer (utils.optimizer) as GRPOConfig fields: torch's AdamW with weight decay 0.01,
+    or torch's SGD with momentum 0.9 and none."""
+    if name == "sgd":
+        return dict(optim="sgd", optim_args="momentum=0.9", weight_decay=0.0)
+    return dict(optim="adamw_torch", weight_decay=0.01)
+
+
 def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     """The GRPOTrainer of this export, configured to the scripts' objective, its task and run dir."""
     datasets, trl = require_extra()
@@ -270,7 +278,7 @@ def build(args: Args, meta: dict, callbacks=(), **trainer_kwargs):
     ga = batch // (micro * n_proc)
     config = trl.GRPOConfig(
         output_dir=args.run_dir, seed=seed, max_steps=steps, learning_rate=args.lr or ex["lr"], lr_scheduler_type="constant",
-        warmup_steps=0, optim="adamw_torch", weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+        warmup_steps=0, **optimizer_config(ex.get("optimizer") or "adamw"), adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_grad_norm=args.grad_clip or ex["grad_clip"], per_device_train_batch_size=micro, gradient_accumulation_steps=ga,
         steps_per_generation=ga, num_iterations=1, num_generations=n, beta=0.0, scale_rewards="group" if ex["std_normalize"] else "none",
         loss_type="dapo" if ex["loss_agg"] == "token" else "grpo", mask_truncated_completions=False, temperature=ex["temperature"],

@@ -229,7 +229,7 @@ def test_toy_gpt2_context_must_fit_its_positions():
 
 
 def test_reproduce_and_plot_flags(tmp_path):
-    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 570 --eval-every 30 --eval-every 0\): --eval-every must be >= 1"):
+    with pytest.raises(utils.InputError, match=r"method rl_n8 \(standard_rl.py --steps 800 --eval-every 40 --eval-every 0\): --eval-every must be >= 1"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("rl_n8",), extra="--eval-every 0", dry_run=True))
     with pytest.raises(utils.InputError, match="does not suit standard_rl.py .method rl_n8.: Unrecognized options: --cut-min"):
         reproduce.main(reproduce.Args(out=str(tmp_path / "r"), methods=("prefixrl", "rl_n8"), extra="--cut-min 0.5", dry_run=True))
@@ -327,16 +327,35 @@ def test_prefixes_cut_to_no_token_are_refused(toy_cache, teacher_traces, tmp_pat
 
 @pytest.mark.parametrize("script", [prefixrl, standard_rl, sft_rl, offpolicy_rl])
 def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, tmp_path):
-    """--optimizer sgd: RL's optimizer is SGD with momentum 0.9 (its momentum buffers are what the
-    checkpoint holds); sft_rl.py's SFT stays AdamW (exp_avg); the default is AdamW."""
+    """On the toy task RL's optimizer is by default SGD with momentum 0.9 at lr 0.035 (its momentum
+    buffers are what the checkpoint holds, args.json records both); sft_rl.py's SFT stays AdamW
+    (exp_avg); --optimizer adamw gives AdamW at 1e-4."""
     extra = {"sft_steps": 2} if script is sft_rl else {}
-    for name, state_key in (("sgd", "momentum_buffer"), ("adamw", "exp_avg"))[: 2 if script is standard_rl else 1]:
+    cases = ((None, "sgd", 0.035, "momentum_buffer"), ("adamw", "adamw", 1e-4, "exp_avg"))
+    for given, name, lr, state_key in cases[: 2 if script is standard_rl else 1]:
         run_dir = str(tmp_path / name)
         script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "steps": 1},
-                                **extra, **({} if name == "adamw" else {"optimizer": "sgd", "lr": 0.035})))
+                                **extra, optimizer=given))
         state = torch.load(os.path.join(run_dir, utils.CHECKPOINT), weights_only=False)["state"]
         assert all(state_key in s for s in state["optimizer"]["state"].values()) and state["optimizer"]["state"]
+        assert state["optimizer"]["param_groups"][0]["lr"] == lr
+        with open(os.path.join(run_dir, "args.json")) as f:
+            recorded = json.load(f)
+        assert (recorded["optimizer"], recorded["lr"]) == (name, lr)
         if script is sft_rl:
             assert state["sft_optimizer"]["state"] and all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
     opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.035)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.035
+
+
+def test_the_rl_optimizer_defaults_follow_the_task():
+    """--optimizer / --lr left out: SGD at 0.035 on the toy task, AdamW at 1e-4 on any other (a real LM's scale
+    is not the toy's); what is given is kept, and a given optimizer without --lr gets its own rate."""
+    for flags, want in ((dict(), ("sgd", 0.035)), (dict(task="arith", model="smollm2-135m"), ("adamw", 1e-4)),
+                        (dict(dataset="problems.jsonl", model="smollm2-135m"), ("adamw", 1e-4)),
+                        (dict(optimizer="adamw"), ("adamw", 1e-4)), (dict(task="arith", optimizer="sgd"), ("sgd", 0.035)),
+                        (dict(optimizer="sgd", lr=0.01), ("sgd", 0.01)), (dict(lr=3e-5, task="arith"), ("adamw", 3e-5))):
+        for script in (prefixrl, standard_rl, sft_rl, offpolicy_rl):
+            args = script.Args(**flags)
+            models.rl_optimizer_defaults(args)
+            assert (args.optimizer, args.lr) == want, (script.__name__, flags)

@@ -271,7 +271,7 @@ def test_offpolicy_weights_and_bf16_runs_take_a_micro_batch_at_a_time(toy_cache,
     rows, token_logprobs = [], utils.token_logprobs
     monkeypatch.setattr(utils, "token_logprobs", lambda model, ids, *a, **k: rows.append(len(ids)) or token_logprobs(model, ids, *a, **k))
     run_dir = str(tmp_path / "run")
-    args = offpolicy_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "micro_batch": 2, "steps": 2, "dtype": "bfloat16"})
+    args = offpolicy_rl.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "micro_batch": 2, "steps": 2, "dtype": "bfloat16", "optimizer": "adamw"})
     offpolicy_rl.main(args)
     assert rows and max(rows) == 2  # the trace rows' weights too (TINY: 4 prompts, so 4 trace rows)
     metrics = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]

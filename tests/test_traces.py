@@ -186,3 +186,26 @@ def test_the_other_family_traces_remade_into_toy_models_record_their_checksum(to
     path = shipped / "toy-gpt2" / "traces.json"
     reproduce.collect_other_traces(str(path), extra)
     assert models.shipped_checksums() == {"toy/model.safetensors": "abc", "toy-gpt2/traces.json": models.file_sha256(str(path))}
+
+
+def test_a_shipped_collection_is_copied_only_for_its_own_key(tmp_path, monkeypatch):
+    """collect_traces(shipped=FILE): a file this collection wrote (its key) is copied into the cache, bytes and
+    FLOPs as they are, with no sampling; one with another key (another budget here) is not used: the run samples."""
+    task, model = lenient_task(), tiny_model()
+    made = str(tmp_path / "made.json")
+    traces, flops = utils.collect_traces(model, task, task.train, 20, 1.0, 0, made, batch_size=16, model_id="m")
+    calls = []
+
+    def sample(*a, **k):
+        calls.append(1)
+        raise RuntimeError("sampled")
+
+    monkeypatch.setattr(utils, "sample", sample)
+    cache = str(tmp_path / "cache" / "traces.json")
+    copied, charged = utils.collect_traces(model, task, task.train, 20, 1.0, 0, cache, batch_size=16, model_id="m", shipped=made)
+    assert not calls and open(cache, "rb").read() == open(made, "rb").read()
+    assert charged == flops and {k: t.token_ids for k, t in copied.items()} == {k: t.token_ids for k, t in traces.items()}
+    other = str(tmp_path / "other.json")
+    with pytest.raises(RuntimeError, match="sampled"):  # nothing was copied: it samples
+        utils.collect_traces(model, task, task.train, 19, 1.0, 0, other, batch_size=16, model_id="m", shipped=made)
+    assert calls and not (tmp_path / "other.json").exists()
