@@ -95,8 +95,9 @@ class Args:
     """RL's optimizer: AdamW, or SGD with momentum 0.9, which moves the weights in proportion to the
     gradient, so that a lone success moves them little (default: SGD on the toy task, where standard
     RL's lone successes would otherwise take off, AdamW on any other; docs/default-toy)"""
-    grad_clip: float = 1.0
-    """clip the global gradient norm to this"""
+    grad_clip: Optional[float] = None
+    """clip the global gradient norm to this (default: --optimizer's, models.RL_OPTIMIZERS: SGD 0.25,
+    AdamW 1.0)"""
     std_normalize: bool = False
     """divide advantages by the group's reward std (GRPO-style); off is plain REINFORCE"""
     loss_agg: Literal["token", "sequence"] = "token"

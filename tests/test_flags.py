@@ -341,7 +341,7 @@ def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, 
         assert state["optimizer"]["param_groups"][0]["lr"] == lr
         with open(os.path.join(run_dir, "args.json")) as f:
             recorded = json.load(f)
-        assert (recorded["optimizer"], recorded["lr"]) == (name, lr)
+        assert (recorded["optimizer"], recorded["lr"], recorded["grad_clip"]) == (name, lr, 0.25 if name == "sgd" else 1.0)
         if script is sft_rl:
             assert state["sft_optimizer"]["state"] and all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
     opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.035)
@@ -349,13 +349,16 @@ def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, 
 
 
 def test_the_rl_optimizer_defaults_follow_the_task():
-    """--optimizer / --lr left out: SGD at 0.035 on the toy task, AdamW at 1e-4 on any other (a real LM's scale
-    is not the toy's); what is given is kept, and a given optimizer without --lr gets its own rate."""
-    for flags, want in ((dict(), ("sgd", 0.035)), (dict(task="arith", model="smollm2-135m"), ("adamw", 1e-4)),
-                        (dict(dataset="problems.jsonl", model="smollm2-135m"), ("adamw", 1e-4)),
-                        (dict(optimizer="adamw"), ("adamw", 1e-4)), (dict(task="arith", optimizer="sgd"), ("sgd", 0.035)),
-                        (dict(optimizer="sgd", lr=0.01), ("sgd", 0.01)), (dict(lr=3e-5, task="arith"), ("adamw", 3e-5))):
+    """--optimizer / --lr / --grad-clip left out: SGD at 0.035 clipped at 0.25 on the toy task, AdamW at 1e-4
+    clipped at 1.0 on any other (a real LM's scale is not the toy's); what is given is kept, and a given
+    optimizer without --lr or --grad-clip gets its own."""
+    sgd, adamw = ("sgd", 0.035, 0.25), ("adamw", 1e-4, 1.0)
+    for flags, want in ((dict(), sgd), (dict(task="arith", model="smollm2-135m"), adamw),
+                        (dict(dataset="problems.jsonl", model="smollm2-135m"), adamw),
+                        (dict(optimizer="adamw"), adamw), (dict(task="arith", optimizer="sgd"), sgd),
+                        (dict(optimizer="sgd", lr=0.01, grad_clip=2.0), ("sgd", 0.01, 2.0)),
+                        (dict(lr=3e-5, task="arith"), ("adamw", 3e-5, 1.0)), (dict(grad_clip=0.5), ("sgd", 0.035, 0.5))):
         for script in (prefixrl, standard_rl, sft_rl, offpolicy_rl):
             args = script.Args(**flags)
             models.rl_optimizer_defaults(args)
-            assert (args.optimizer, args.lr) == want, (script.__name__, flags)
+            assert (args.optimizer, args.lr, args.grad_clip) == want, (script.__name__, flags)

@@ -82,13 +82,14 @@ class StepRecorder:
         return [torch.cat([step[id(p)][i].flatten() for _, p in named]) for i in range(3)]
 
 
-@pytest.mark.parametrize("script,algo", [(prefixrl, "prefixrl"), (standard_rl, "standard_rl")])
-def test_one_trl_step_updates_the_weights_as_one_script_step(script, algo, toy_cache, teacher_traces, tmp_path, monkeypatch):
+@pytest.mark.parametrize("script,algo,optimizer", [(prefixrl, "prefixrl", "adamw"), (standard_rl, "standard_rl", "adamw"), (prefixrl, "prefixrl", "sgd")])
+def test_one_trl_step_updates_the_weights_as_one_script_step(script, algo, optimizer, toy_cache, teacher_traces, tmp_path, monkeypatch):
     """From the same weights and the same sampled completions, TRL's first step and the script's first
     step see the same prompts (prompt + prefix ids), the same gradient before clipping (its norm), the
-    same clipped gradient, and make the same AdamW update."""
+    same clipped gradient, and make the same AdamW update, or the same SGD one (the toy's default)."""
     monkeypatch.setattr(tasks, "toy_reward", planted_reward)
-    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, algo=algo, steps=1, lr=1e-2, temperature=0.7)  # lr: moves far above float32 rounding
+    lr = 1e-2 if optimizer == "adamw" else 10.0  # moves far above float32 rounding (SGD's first step: lr times the gradient)
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, algo=algo, steps=1, lr=lr, optimizer=optimizer, temperature=0.7)
 
     # THE SCRIPT'S STEP: its rollouts (contexts, responses) and its update
     batches = []
@@ -122,15 +123,20 @@ def test_one_trl_step_updates_the_weights_as_one_script_step(script, algo, toy_c
     assert set(trainer.lr_scheduler.get_last_lr()) == {ex.lr}  # constant, as the scripts' (a decaying one is lower after the step)
     assert abs(trl_norm - ours_norm) <= 1e-5 * ours_norm and ours_norm > 0
     torch.testing.assert_close(grad_trl, grad_mine, rtol=1e-4, atol=1e-6 * grad_mine.abs().max().item())
+    update_mine, update_trl = after_mine - before_mine, after_trl - before_trl
+    if optimizer == "sgd":  # momentum's first step is the gradient itself, with no weight decay
+        torch.testing.assert_close(update_mine, -ex.lr * grad_mine, rtol=1e-4, atol=1e-6 * ex.lr * grad_mine.abs().max().item())
+        torch.testing.assert_close(update_trl, update_mine, rtol=1e-4, atol=1e-5 * ex.lr * grad_mine.abs().max().item())
+        return
     # Adam's first step moves a weight by lr g / (|g| + eps) (plus the decay): below |g| = 1e-6 that turns
     # float noise in g into a visible move, so there the gradient is all that is compared
-    update_mine, update_trl, sure = after_mine - before_mine, after_trl - before_trl, grad_mine.abs() > 1e-6
+    sure = grad_mine.abs() > 1e-6
     assert sure.float().mean() > 0.5 and update_mine.abs().max() > 0.5 * ex.lr
     torch.testing.assert_close(update_trl[sure], update_mine[sure], rtol=0, atol=1e-4 * ex.lr)
 
 
 def test_export_rows_are_the_scripts_prompts_and_every_text_gives_its_ids(toy_cache, tmp_path):
-    """The default toy's mixture (its 128 problems, cut as prefixrl.py cuts them, 150 steps x 16
+    """The default toy's mixture (its 128 problems, cut as prefixrl.py cuts them, its steps x 16
     prompts): every row's prompt text, tokenized as TRL tokenizes it, gives exactly the row's ids
     (the problem's prompt, then the prefix), and TRL is left to tokenize the text itself."""
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 128, 64, 0)
@@ -143,7 +149,7 @@ def test_export_rows_are_the_scripts_prompts_and_every_text_gives_its_ids(toy_ca
     defaults = {k: getattr(prefixrl.Args(), k) for k in ("steps", "prompts_per_step", "rollouts", "micro_batch", "hard_min", "hard_max", "n_train", "n_heldout")}
     ex = make_export(tmp_path / "data", toy_cache, path, **defaults)
     rows = read_rows(os.path.join(ex.out, "train.jsonl"))
-    assert len(rows) == 150 * 16 and sum(r["prefixed"] for r in rows) == 150 * 12
+    assert len(rows) == defaults["steps"] * 16 and sum(r["prefixed"] for r in rows) == defaults["steps"] * 12
     for r in rows:
         p = next(q for q in task.train if q.id == r["problem_id"])
         assert r["prompt_ids"] == p.prompt_ids + r["prefix_ids"] and r["answer"] == p.answer
@@ -306,7 +312,7 @@ def test_two_processes_update_the_weights_as_one(toy_cache, teacher_traces, tmp_
     """torchrun --nproc-per-node 2 (gloo, each process half of every step's rollouts) and one
     process, given the same completions: the same prompts, the same gradients at each of 2 steps
     (after the all-reduce and clipping), the same first AdamW update and the same metrics rows."""
-    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, lr=1e-2)  # far above rounding
+    ex = make_export(tmp_path / "data", toy_cache, teacher_traces, lr=1e-2, optimizer="adamw")  # far above rounding
     completions = str(tmp_path / "completions.json")
     with open(completions, "w") as f:
         rows = read_rows(os.path.join(ex.out, "train.jsonl"))
