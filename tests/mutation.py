@@ -49,7 +49,7 @@ def traces(k):
 
 SEES = "test_what_the_verifier_the_batch_and_the_loss_see"
 LEARNS = "test_one_step_raises_positive_and_lowers_negative_advantage_responses"
-SIGN = ("(-(weights[s:e] * logp).sum()).backward()", "((weights[s:e] * logp).sum()).backward()")
+SIGN = ("utils.backward(-(weights[s:e] * logp).sum(), model)", "utils.backward((weights[s:e] * logp).sum(), model)")
 SEQUENCE = "weights = loss_mask / loss_mask.sum(1, keepdim=True).clamp(min=1) / len(ids)"
 ADVANTAGES = "advantages = utils.group_advantages(rewards, args.rollouts, args.std_normalize)"
 BATCH = "ids, attn, loss_mask = utils.make_batch(contexts, responses, task.pad_id, args.device)"
