@@ -383,7 +383,8 @@ the weights in proportion to the gradient, so a lone success of standard RL move
 AdamW divides each coordinate by its recent scale and a lone success after a stall moves every weight
 it touches by a full step (docs/default-toy). Under SGD the clip is the bound on a step: 0.25 is about
 twice PrefixRL's typical gradient norm on the toy (median 0.10-0.14), so a spike moves the weights at
-most that far (at 1.0, spikes of norm 1-4 broke 6 of 21 runs of a reproduction); 0.035 is the largest
+most that far (at 1.0, 6 of the 21 runs of a reproduction broke, most right after spikes of norm 1-4:
+docs/measurements.md); 0.035 is the largest
 rate at which PrefixRL stayed stable (0.05 collapsed). AdamW (the paper's, clip 1.0) for any other
 model, whose scale SGD's learning rate does not know."""
 
