@@ -3,6 +3,7 @@
     python reproduce.py --dry-run          # print the commands
     python reproduce.py                    # 6 methods x 3 seeds, os.cpu_count() runs at a time
     python reproduce.py --seeds 1 --methods prefixrl rl_n8 --extra="--task-seed 7"   # other problems
+    python reproduce.py --first-seed 4 --out repro456                                  # seeds 4-6
 
 One run goes first, alone, with --jobs torch threads: it collects the
 traces, cached in cache/ and reused by every other run (same model, problems, budget and trace
@@ -53,7 +54,9 @@ class Args:
     out: str = "repro"
     """output folder: OUT/runs (run dirs), OUT/logs (each run's output), OUT/figures (plot.py)"""
     seeds: int = 3
-    """seeds 1..SEEDS of every method"""
+    """how many seeds of every method: FIRST_SEED .. FIRST_SEED + SEEDS - 1"""
+    first_seed: int = 1
+    """the first seed (--first-seed 4 --seeds 3: seeds 4-6, other seeds than the committed figures')"""
     methods: Tuple[MethodName, ...] = tuple(METHODS)
     """methods to run (prefixrl_prefixed_only: the back-generalization runs of paper §4 / Fig. 3)"""
     jobs: int = os.cpu_count() or 1
@@ -113,18 +116,14 @@ def shipped_other_traces(extra):
     import utils
 
     run = tyro.cli(prefixrl.Args, args=shlex.split(extra))
-    path = os.path.join(ROOT, SHIPPED_OTHER_TRACES)
     steps = models.toy_pretrain_steps(OTHER_FAMILY, run.toy_pretrain_steps)
     model_dir = models.shipped_toy_dir(OTHER_FAMILY, steps, 0, run.toy_length) if run.task == "toy" and not run.dataset else None
-    if model_dir is None or not os.path.exists(path):
+    path = model_dir and models.shipped_traces(model_id := models.toy_model_id(OTHER_FAMILY, model_dir))
+    if not path:
         return None
     task = tasks.load_task(run, None)  # the toy needs no tokenizer
-    key = utils.traces_key(models.toy_model_id(OTHER_FAMILY, model_dir), task, task.train, run.trace_budget, 1.0, run.trace_seed)
-    try:
-        with open(path) as f:
-            return path if json.load(f).get("key") == key else None
-    except (OSError, ValueError, AttributeError):  # unreadable: collected instead, as for other problems
-        return None
+    key = utils.traces_key(model_id, task, task.train, run.trace_budget, 1.0, run.trace_seed)
+    return path if utils.traces_file_key(path) == key else None  # unreadable (None): collected, as for other problems
 
 
 def other_traces_job(args):
@@ -200,7 +199,7 @@ def check_runs(args):
 def make_jobs(args):
     out = out_path(args.out)
     jobs = []
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in args.methods:
             name = f"{method}_s{seed}"
             run_dir = os.path.join(out, "runs", name)

@@ -325,7 +325,7 @@ FLAG_RANGES = {
     "temperature": _TEMPERATURE, "trace_temperature": _TEMPERATURE, "eval_temperature": _TEMPERATURE,
     "cut_min": _FRACTION, "cut_max": _FRACTION, "prefixed_fraction": _FRACTION, "sft_val_fraction": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     # reproduce.py, plot.py, bench/ (a tuple: every item, and at least one)
-    "seeds": _at_least(1), "jobs": _at_least(1), "methods": ((lambda v: True), "at least one method"),
+    "seeds": _at_least(1), "first_seed": _SEED, "jobs": _at_least(1), "methods": ((lambda v: True), "at least one method"),
     "levels": ((lambda v: True), "at least one level"),
     "smooth": _at_least(1), "max_step": _at_least(0), "problems": _at_least(1), "budget": _at_least(1), "batch": _at_least(1),
     "samples": _at_least(1), "fractions": _FRACTION, "rows": _at_least(1), "vocabs": _at_least(1), "repeats": _at_least(1),
@@ -1183,7 +1183,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
     from tqdm import tqdm
 
     key = traces_key(model_id, task, problems, budget, temperature, seed)
-    if not os.path.exists(cache_path) and shipped and _file_key(shipped) == key:
+    if not os.path.exists(cache_path) and shipped and traces_file_key(shipped) == key:
         os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
         shutil.copyfile(shipped, cache_path)
         traces, flops = load_traces(cache_path, key)
@@ -1242,7 +1242,7 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
     return traces, sum(flops.values())
 
 
-def _file_key(path):
+def traces_file_key(path):
     """A traces file's key, None if it has none or cannot be read."""
     try:
         with open(path) as f:

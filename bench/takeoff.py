@@ -4,9 +4,11 @@ Reads RUN_DIR/groups.jsonl (each training group's problem and how many of its ro
 counts, over the no-prefix groups only, per toy family (--by family) or per problem (--by problem):
 the step of its first success; the step at which it takes off, the first group after which its last
 --window groups succeeded at a rate >= --rate, with how many successes it had before that window; and
-its success rate over the run's last --final-frac of steps ("learned" at >= 0.5). On the toy this
-shows how standard RL escapes its stall: nearly every family that gets a success takes off, after a
-success or two of its own (docs/default-toy/).
+its success rate over the run's last --final-frac of steps ("learned" at >= 0.5), and, for a PrefixRL
+run, its prefixed groups' success rate over those steps. On the toy this shows whether standard RL
+escapes its stall (under AdamW nearly every family with a success took off after one or two of its
+own; under SGD a few, after tens: docs/default-toy/), and which of PrefixRL's families stay unlearned
+without a prefix although their prefixed problems are learned.
 
     python bench/takeoff.py repro/runs/rl_n8_s*            # one summary per run
     python bench/takeoff.py repro/runs/rl_n8_s1 --detail   # and one line per family
@@ -74,7 +76,13 @@ def unit_of(run_dir, by):
         raise InputError(f"{run_dir} is not a --task toy run: families exist only on the toy; give --by problem")
     task = tasks.make_toy_task(a["toy_length"], a["hard_min"], a["hard_max"], a["n_train"], a["n_heldout"], a["task_seed"])
     family = {p.id: f"F{p.meta['family']}" for p in task.train}
-    return family.__getitem__
+
+    def of(pid):
+        if pid not in family:
+            raise InputError(f"{run_dir}: problem {pid} of its groups.jsonl is not a training problem of the toy task its args.json "
+                             f"describes (a run of another version of tasks.py?); give --by problem")
+        return family[pid]
+    return of
 
 
 def takeoff(history, rollouts, window, rate):
@@ -90,19 +98,23 @@ def takeoff(history, rollouts, window, rate):
 def analyse(rows, unit, window, rate, final_frac):
     """Per unit: first-success step, take-off (step, successes before), final success rate."""
     steps = rows[-1]["step"] if rows else 0
-    hist = {}
+    hist, late_prefixed = {}, {}
     for r in rows:
         prefixed = r.get("prefix_tokens", [0] * len(r["problems"]))
         for pid, k, n in zip(r["problems"], r["successes"], prefixed):
             if n == 0:
                 hist.setdefault(unit(pid), []).append((r["step"], k, r["rollouts"]))
+            elif r["step"] > steps * (1 - final_frac):
+                late_prefixed.setdefault(unit(pid), []).append((k, r["rollouts"]))
     out = {}
     for u, h in hist.items():
         step, k, n = (np.array(c) for c in zip(*h))
         took = takeoff(k, n[0], window, rate)
         late = step > steps * (1 - final_frac)
+        kp, np_ = (np.array(c) for c in zip(*late_prefixed[u])) if u in late_prefixed else (None, None)
         out[u] = dict(first=int(step[k > 0][0]) if k.any() else None, took=(int(step[took[0]]), took[1]) if took else None,
-                      final=float(k[late].sum() / n[late].sum()) if late.any() else None, successes=int(k.sum()))
+                      final=float(k[late].sum() / n[late].sum()) if late.any() else None, successes=int(k.sum()),
+                      final_prefixed=float(kp.sum() / np_.sum()) if kp is not None else None)
     return out
 
 
@@ -119,11 +131,16 @@ def main(a: Args):
         print(f"{run_dir}: {len(units)} {'families' if a.by == 'family' else 'problems'}; {len(hit)} with a success, {len(took)} of them took off "
               f"(own successes before: median {np.median(before) if before else float('nan'):g}, {before}); "
               f"{len(learned)} learned (final success rate >= 0.5)")
+        unlearned = [v["final_prefixed"] for u, v in units.items() if u not in learned and v["final_prefixed"] is not None]
+        if unlearned:  # a PrefixRL run: where the units it did not learn stand on their prefixed problems
+            print(f"  of the {len(units) - len(learned)} not learned, {sum(r >= 0.5 for r in unlearned)} learned their prefixed problems "
+                  f"(final prefixed success rate >= 0.5), {sum(r < 0.1 for r in unlearned)} stayed below 0.1 on them")
         if a.detail:
             for u in sorted(units, key=lambda u: (units[u]["first"] is None, units[u]["first"] or 0)):
                 v = units[u]
                 took_text = f"took off at step {v['took'][0]} after {v['took'][1]} successes" if v["took"] else "never took off"
-                print(f"  {u}: first success at step {v['first']}, {took_text}, final success rate {v['final']}")
+                prefixed_text = f", prefixed {v['final_prefixed']:.2f}" if v["final_prefixed"] is not None else ""
+                print(f"  {u}: first success at step {v['first']}, {took_text}, final success rate {v['final']}{prefixed_text}")
 
 
 if __name__ == "__main__":

@@ -379,6 +379,16 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     assert lines[-1] == f"python plot.py {out}/runs --out {out}/figures"
 
 
+def test_reproduce_runs_other_seeds_from_first_seed(tmp_path, capsys):
+    out = tmp_path / "repro"
+    reproduce.main(reproduce.Args(out=str(out), seeds=2, first_seed=4, methods=("prefixrl",), dry_run=True))
+    cmds = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("python prefixrl.py")]
+    assert [c.split(" --threads")[0] + c.split("--run-dir")[1].split()[0][-12:] for c in cmds] == [
+        "python prefixrl.py --seed 4/prefixrl_s4", "python prefixrl.py --seed 5/prefixrl_s5"]
+    with pytest.raises(InputError, match="--first-seed must be in 0..2"):
+        reproduce.main(reproduce.Args(out=str(out), first_seed=-1, dry_run=True))
+
+
 def test_reproduce_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / "repro"
     done = out / "runs" / "rl_n8_s1"
@@ -501,12 +511,13 @@ def test_takeoff_counts_no_prefix_groups_only(tmp_path):
     a, b = train[0], next(p for p in train if p.meta["family"] != train[0].meta["family"])
     rows = [{"step": s, "rollouts": 4, "problems": [a.id, a.id, b.id], "successes": [4, 1 if s == 3 else 0, 0],
              "prefix_tokens": [5, 0, 0]} for s in range(1, 11)]
-    rows += [{"step": s, "rollouts": 4, "problems": [a.id, b.id], "successes": [3, 0], "prefix_tokens": [0, 0]} for s in range(11, 21)]
+    rows += [{"step": s, "rollouts": 4, "problems": [a.id, b.id, b.id], "successes": [3, 0, s % 2], "prefix_tokens": [0, 0, 7]}
+             for s in range(11, 21)]
     (tmp_path / "groups.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     units = takeoff.analyse(takeoff.read_groups(str(tmp_path)), takeoff.unit_of(str(tmp_path), "family"), 5, 0.25, 0.2)
     fa, fb = f"F{a.meta['family']}", f"F{b.meta['family']}"
-    assert units[fa] == dict(first=3, took=(12, 1), final=0.75, successes=31)
-    assert units[fb] == dict(first=None, took=None, final=0.0, successes=0)
+    assert units[fa] == dict(first=3, took=(12, 1), final=0.75, successes=31, final_prefixed=None)  # its prefixed groups all early
+    assert units[fb] == dict(first=None, took=None, final=0.0, successes=0, final_prefixed=0.125)  # steps 17-20: 2 of 16
 
 
 def test_takeoff_names_a_run_without_groups_or_families(tmp_path):
@@ -514,6 +525,10 @@ def test_takeoff_names_a_run_without_groups_or_families(tmp_path):
     with pytest.raises(InputError) as e:
         takeoff.read_groups(str(tmp_path))
     assert "groups.jsonl' does not exist" in str(e.value)
+    settings = dict(task="toy", dataset=None, toy_length=12, hard_min=1, hard_max=4, n_train=4, n_heldout=4, task_seed=0)
+    (tmp_path / "args.json").write_text(json.dumps(settings))
+    with pytest.raises(InputError, match="problem toy:F7:0:1 of its groups.jsonl is not a training problem"):
+        takeoff.unit_of(str(tmp_path), "family")("toy:F7:0:1")
     (tmp_path / "args.json").write_text(json.dumps({"task": "arith", "dataset": None}))
     with pytest.raises(InputError) as e:
         takeoff.unit_of(str(tmp_path), "family")

@@ -88,7 +88,7 @@ def test_shipped_traces_are_the_default_collection(name, tmp_path):
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
     model, _, model_id = models.load_model(name, str(tmp_path), "cpu")
     assert models.shipped_traces(model_id) == path and models.shipped_traces("toy@sha256:another") is None
-    assert utils._file_key(path) == utils.traces_key(model_id, task, task.train, 2048, 1.0, 0)  # the scripts' defaults
+    assert utils.traces_file_key(path) == utils.traces_key(model_id, task, task.train, 2048, 1.0, 0)  # the scripts' defaults
     if name == reproduce.OTHER_FAMILY:
         assert reproduce.shipped_other_traces("") == path
     with open(path) as f:
