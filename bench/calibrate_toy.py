@@ -3,6 +3,7 @@
     python bench/calibrate_toy.py                      # the "toy" base model on the default problems
     python bench/calibrate_toy.py --model toy-gpt2     # the other family's base model
     python bench/calibrate_toy.py --model repro/runs/rl_n8_s1/policy   # a trained policy
+    python bench/calibrate_toy.py --model repro/runs/prefixrl_s1/policy --families 1 6 40   # and where they err
 
 It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, --toy-pretrain-steps,
 --toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
@@ -15,11 +16,15 @@ behind standard RL's stall or escape: the rollouts reproduce.py gives RL n=8 (Pr
 pool, times each pool problem's exact pass@1, is the expected number of successes per pool problem at the
 base rate, and 1 - exp(-that) the share of pool problems expected to see at least one. Also, over the families not learned (below 0.9), the table entries that a
 shared feature would pick out (the rule the smaller or the larger value of its pair): a trained policy
-that learned such a feature shows a gap between the two groups.
+that learned such a feature shows a gap between the two groups. With --families, p(right) at each hard
+step by its position in the solution, over those families' training problems: where a policy that
+learned them with a prefix still errs without one (docs/measurements.md, "Where PrefixRL stops").
 """
 
 import os
 import sys
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -33,8 +38,25 @@ import tasks  # noqa: E402
 import utils  # noqa: E402
 
 
+@dataclass
+class Args(prefixrl.Args):
+    families: Tuple[int, ...] = ()
+    """also p(right) at each hard step by position, over these families' training problems (e.g. those
+    `python bench/takeoff.py RUN_DIR --detail` shows learned with a prefix only, with --model RUN_DIR/policy)"""
+
+
+def by_position(model, problems):
+    """p(right) at each hard step of each problem, in the order its solution takes them: {H: [problems, H]}."""
+    rows = {}
+    for p in problems:
+        uses = {k: iter(v) for k, v in models.toy_calibration(model, [p])[0].items()}  # each entry's uses, in order
+        family, _, adds = p.meta["params"]
+        rows.setdefault(p.meta["hard"], []).append([next(uses[(family, b)]) for b in adds if b >= tasks.BIG])
+    return {h: np.array(v) for h, v in rows.items()}
+
+
 @torch.no_grad()
-def main(args: prefixrl.Args):
+def main(args: Args):
     models.check_args(args)
     torch.set_num_threads(args.threads)
     model, _, model_id = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
@@ -57,6 +79,14 @@ def main(args: prefixrl.Args):
         print(f"    rule the {side} value of its pair ({len(ps)} entries): mean p(right) {np.mean(ps):.2f}")
     for h, v in sorted(exact.items()):
         print(f"exact pass@1 at H = {h}: mean {np.mean(v):.2e}, median {np.median(v):.2e} ({len(v)} problems)")
+    if args.families:
+        chosen = [p for p in task.train if p.meta["family"] in set(args.families)]
+        if not chosen:
+            raise utils.InputError(f"--families {' '.join(map(str, args.families))}: no training problem of these families "
+                                   f"(the training problems are of families 0..{min(len(task.train), tasks.FAMILIES) - 1})")
+        for h, ps in sorted(by_position(model, chosen).items()):
+            print(f"p(right | hard step) by position 1..{h}, {len(ps)} training problems of families "
+                  f"{' '.join(str(p.meta['family']) for p in chosen if p.meta['hard'] == h)}: " + " ".join(f"{v:.2f}" for v in ps.mean(0)))
     trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
     if os.path.exists(trace_path):
         rl_successes(model, task, trace_path)
@@ -84,4 +114,4 @@ def rl_successes(model, task, trace_path):
 
 if __name__ == "__main__":
     with utils.clean_errors():
-        main(utils.cli(prefixrl.Args, __doc__))
+        main(utils.cli(Args, __doc__))

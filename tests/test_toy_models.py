@@ -7,11 +7,35 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import models
 import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_calibrate_toy_by_position_is_each_hard_step_in_solution_order():
+    """--families: p(right) at the k-th hard step of a problem's solution is the teacher-forced probability
+    of that step's tokens (its entry and value), position by position, not use by use of an entry."""
+    import importlib.util
+
+    import utils
+    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
+    calibrate_toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate_toy)
+    model, _, _ = models.load_model("toy", "unused-cache", "cpu")
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 3, 1, 0)
+    got = calibrate_toy.by_position(model, task.train)[11]
+    for p, row in zip(task.train, got):
+        solution = tasks.toy_solution_ids(p.meta["values"], p.meta["entries"])
+        ids, attn, _ = utils.make_batch([p.prompt_ids], [solution], tasks.PAD, "cpu")
+        with torch.no_grad():
+            logp = utils.token_logprobs(model, ids, attn)[0][0, len(p.prompt_ids) - 1 :]
+        ends = tasks.toy_step_ends(solution)
+        hard = [float(logp[b:e].sum().exp()) for b, e in zip([0] + ends, ends) if e - b == 2]  # entry + value
+        assert row.tolist() == pytest.approx(hard, rel=1e-5)
+        assert len({b for b in p.meta["params"][2] if b >= tasks.BIG}) < len(hard)  # entries used more than once: the order matters
 
 
 @pytest.mark.parametrize("name", list(models.TOY_MODELS))
