@@ -15,15 +15,21 @@ import tasks
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_calibrate_toy():
+    """bench/calibrate_toy.py as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_calibrate_toy_by_position_is_each_hard_step_in_solution_order():
     """--families: p(right) at the k-th hard step of a problem's solution is the teacher-forced probability
     of that step's tokens (its entry and value), position by position, not use by use of an entry."""
-    import importlib.util
-
     import utils
-    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
-    calibrate_toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(calibrate_toy)
+    calibrate_toy = load_calibrate_toy()
     model, _, _ = models.load_model("toy", "unused-cache", "cpu")
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 3, 1, 0)
     got = calibrate_toy.by_position(model, task.train)[11]
@@ -71,14 +77,10 @@ def test_calibrate_toy_counts_standard_rls_successes_on_the_pool_only(capsys, tm
     """bench/calibrate_toy.py's count: standard RL's rollouts spread over the pool (the problems with a trace),
     times each pool problem's exact pass@1; the pool is not all training problems (rejection sampling finds the
     easier ones, which is why the count is twice the all-problem estimate)."""
-    import importlib.util
-
     import numpy as np
 
     import utils
-    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
-    calibrate_toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(calibrate_toy)
+    calibrate_toy = load_calibrate_toy()
     model, _, _ = models.load_model("toy", "unused-cache", "cpu")
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 6, 1, 0)
     exact = [next(iter(models.toy_calibration(model, [p])[2].values()))[0] for p in task.train]
