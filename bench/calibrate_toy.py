@@ -3,7 +3,9 @@
     python bench/calibrate_toy.py                      # the "toy" base model on the default problems
     python bench/calibrate_toy.py --model toy-gpt2     # the other family's base model
     python bench/calibrate_toy.py --model repro/runs/rl_n8_s1/policy   # a trained policy
-    python bench/calibrate_toy.py --model repro/runs/prefixrl_s1/policy --families 1 6 40   # and where they err
+    python bench/calibrate_toy.py --model repro/runs/prefixrl_s1/policy --families 1 6 40 \
+        --traces toy_models/toy/traces.json                                          # and where they err
+    python bench/calibrate_toy.py --model RUN_DIR/policy --token-prior --traces toy_models/toy/traces.json
 
 It takes prefixrl.py's flags (model, cache and task flags matter: --cache-dir, --toy-pretrain-steps,
 --toy-length, --hard-min, --hard-max, --n-train, --n-heldout, --task-seed, --threads).
@@ -18,7 +20,13 @@ base rate, and 1 - exp(-that) the share of pool problems expected to see at leas
 shared feature would pick out (the rule the smaller or the larger value of its pair): a trained policy
 that learned such a feature shows a gap between the two groups. With --families, p(right) at each hard
 step by its position in the solution, over those families' training problems: where a policy that
-learned them with a prefix still errs without one (docs/measurements.md, "Where PrefixRL stops").
+learned them with a prefix still errs without one (docs/measurements.md, "Where PrefixRL stops"); with
+the trace cache too, p(right) at the hard steps whose entry no prefixed rollout writes (every use inside the
+problem's shortest prefix; the prefixes are cut from --traces, or the trace cache) against the others, and
+each table entry's p(right), marked where no prefixed rollout writes it or it shares a token with another entry.
+With --token-prior, whether the policy learned the pool's rules as a prior over entry tokens: over every entry
+of the pool, its move from the base model (--base) against how much more often its decoy than its rule is
+another pool family's rule (docs/measurements.md, "The entry that falls").
 """
 
 import os
@@ -43,6 +51,11 @@ class Args(prefixrl.Args):
     families: Tuple[int, ...] = ()
     """also p(right) at each hard step by position, over these families' training problems (e.g. those
     `python bench/takeoff.py RUN_DIR --detail` shows learned with a prefix only, with --model RUN_DIR/policy)"""
+    token_prior: bool = False
+    """also, over every entry of the pool, how p(right) moved from --base to --model against the entry's token
+    score (token_score); needs --traces"""
+    base: str = "toy"
+    """the base model --model was trained from (for --token-prior)"""
 
 
 def by_position(model, problems):
@@ -58,6 +71,8 @@ def by_position(model, problems):
 @torch.no_grad()
 def main(args: Args):
     models.check_args(args)
+    if args.token_prior and not (args.traces and os.path.isfile(args.traces)):
+        raise utils.InputError(f"--token-prior needs --traces FILE, the pool's traces (e.g. toy_models/toy/traces.json); got {args.traces or 'none'}")
     torch.set_num_threads(args.threads)
     model, _, model_id = models.load_model(args.model, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
     task = tasks.make_toy_task(args.toy_length, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
@@ -88,10 +103,108 @@ def main(args: Args):
             print(f"p(right | hard step) by position 1..{h}, {len(ps)} training problems of families "
                   f"{' '.join(str(p.meta['family']) for p in chosen if p.meta['hard'] == h)}: " + " ".join(f"{v:.2f}" for v in ps.mean(0)))
     trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
+    if args.families and os.path.exists(args.traces or trace_path):  # a policy's cache key is not its base model's: --traces
+        entry_report(model, task, chosen, args.traces or trace_path, args)
+    if args.token_prior:
+        base, _, _ = models.load_model(args.base, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+        token_prior_report(model, base, task, args.traces, args)
     if os.path.exists(trace_path):
         rl_successes(model, task, trace_path)
     else:
         print(f"no trace cache {trace_path} (run prefixrl.py with these flags first): the pool's count is left out")
+
+
+def unwritten_entries(task, pool, traces, args):
+    """problem id -> the big numbers b whose table entry no prefixed rollout of that problem writes: every
+    use of the entry lies inside the problem's shortest prefix (prefixrl.py's cuts, from args), so PrefixRL's
+    prefixed groups never sample it and only the original problem's rollouts can teach it."""
+    shortest = {}
+    for p, prefix in utils.cut_prefixes(task, pool, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed):
+        shortest[p.id] = min(shortest.get(p.id, len(prefix)), len(prefix))
+    unwritten = {}
+    for p in (p for p in pool if p.id in shortest):  # the problems with a trace
+        adds = p.meta["params"][2]
+        begins = [0] + tasks.toy_step_ends(traces[p.id].token_ids)  # where each step's tokens start
+        written = {b for b, begin in zip(adds, begins) if b >= tasks.BIG and begin >= shortest[p.id]}
+        unwritten[p.id] = {b for b in adds if b >= tasks.BIG} - written
+    return unwritten
+
+
+def sibling_tokens(family, b):
+    """Where entry b of the family's table shares a token with another entry of the table: its decoy is a
+    sibling's rule (learning the sibling raises this entry's wrong token) or its rule a sibling's decoy."""
+    rule, decoy, i = tasks.FAMILY_RULE[family], tasks.FAMILY_DECOY["base"][family], b - tasks.BIG
+    others = [j for j in range(len(rule)) if j != i]
+    return ([f"decoy r{decoy[i]} = rule of +{tasks.BIG + j}" for j in others if rule[j] == decoy[i]]
+            + [f"rule r{rule[i]} = decoy of +{tasks.BIG + j}" for j in others if decoy[j] == rule[i]])
+
+
+LOW = 0.3
+"""an entry this far below the base model's coin (p(right) about 0.5) was pushed towards its decoy"""
+
+
+def entry_report(model, task, chosen, trace_path, args):
+    """--families with traces: p(right) of each table entry over its uses in the family's training problem,
+    marked where no prefixed rollout writes it (every use inside the shortest prefix) and where it shares a
+    token with a sibling entry; then how many entries sit below LOW and why, and p(right) at the hard steps
+    whose entry no prefixed rollout writes against the others (docs/measurements.md, "Where PrefixRL stops")."""
+    traces, _ = utils.load_traces(trace_path, problems=task.train)
+    chosen = [p for p in chosen if p.id in traces]
+    if not chosen:
+        print("none of these families' training problems has a trace: no prefixes to compare")
+        return
+    unwritten = unwritten_entries(task, task.train, traces, args)  # the whole pool: the cuts come from one draw, in order
+    print("p(right) of each table entry over its uses (* no prefixed rollout writes it):")
+    inside, outside, low, entries = [], [], [], 0
+    for p in chosen:
+        family, _, adds = p.meta["params"]
+        hard_adds = [b for b in adds if b >= tasks.BIG]
+        row = by_position(model, [p])[p.meta["hard"]][0]
+        for b, v in zip(hard_adds, row):
+            (inside if b in unwritten[p.id] else outside).append(v)
+        cells = []
+        for b in sorted(set(hard_adds)):
+            v, notes = np.mean([x for c, x in zip(hard_adds, row) if c == b]), sibling_tokens(family, b)
+            cells.append(f"+{b} {v:.2f}{'*' if b in unwritten[p.id] else ''}" + (f" ({'; '.join(notes)})" if notes else ""))
+            entries += 1
+            if v < LOW:
+                low.append((b in unwritten[p.id], bool(notes)))
+        print(f"  F{family}: " + ", ".join(cells))
+    print(f"entries below {LOW}: {len(low)} of {entries}; of these {sum(u for u, _ in low)} no prefixed rollout writes, "
+          f"{sum(n for _, n in low)} share a token with a sibling entry, {sum(not u and not n for u, n in low)} neither")
+    print(f"hard steps whose entry no prefixed rollout writes: {len(inside)} of {len(inside) + len(outside)}, p(right) "
+          f"{np.mean(inside) if inside else float('nan'):.2f}; the other hard steps {np.mean(outside):.2f}")
+
+
+def token_score(family, b, pool_families):
+    """How many more of the other pool families' table entries have this entry's decoy token as their rule than
+    its rule token: a policy that learns the pool's rules as a prior over entry tokens, whatever the family and
+    the big number, raises the decoy of an entry with a positive score and lowers it with a negative one."""
+    i = b - tasks.BIG
+    rules = [r for g in pool_families if g != family for r in tasks.FAMILY_RULE[g]]
+    return rules.count(tasks.FAMILY_DECOY["base"][family][i]) - rules.count(tasks.FAMILY_RULE[family][i])
+
+
+def token_prior_report(model, base, task, trace_path, args):
+    """--token-prior: how p(right) of each entry of the pool moved from the base model to this one, split by the
+    sign of its token_score and by whether a prefixed rollout writes it (docs/measurements.md, "The entry that
+    falls"). Read it early in a run (e.g. a PrefixRL run of --steps 120), before the families' own successes
+    decide their entries."""
+    traces, _ = utils.load_traces(trace_path, problems=task.train)
+    pool = [p for p in task.train if p.id in traces]
+    families = [p.meta["family"] for p in pool]
+    unwritten = unwritten_entries(task, task.train, traces, args)
+    now, before = models.toy_calibration(model, pool)[0], models.toy_calibration(base, pool)[0]
+    rows = [(token_score(f, b, families), np.mean(now[(f, b)]) - np.mean(before[(f, b)]), b in unwritten[p.id])
+            for p, f in zip(pool, families) for b in sorted({b for b in p.meta["params"][2] if b >= tasks.BIG})]
+    score, change, inside = (np.array(v) for v in zip(*rows))
+    print(f"token prior: {len(rows)} entries of the pool's {len(pool)} problems; p(right) moved by {change.mean():+.3f} on "
+          f"average from {args.base}; correlation of the move with the token score {np.corrcoef(score, change)[0, 1]:+.2f}")
+    for name, where in (("written by a prefixed rollout", ~inside), ("no prefixed rollout writes", inside)):
+        for sign, pick in (("> 0", score > 0), ("<= 0", score <= 0)):
+            sel = where & pick
+            print(f"  {name}, token score {sign}: {sel.sum()} entries, mean move "
+                  f"{change[sel].mean() if sel.any() else float('nan'):+.3f}")
 
 
 def rl_successes(model, task, trace_path):

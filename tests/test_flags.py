@@ -256,6 +256,7 @@ ENTRY_POINTS = [  # every entry point from the command line, with an empty cache
     (["plot.py", ".", "--smooth", "0"], "--smooth must be >= 1, got 0"),
     (["bench/calibrate_arith.py", "--budget", "0"], "--budget must be >= 1, got 0"),
     (["bench/calibrate_toy.py", "--n-heldout", "0"], "--n-heldout must be >= 1, got 0"),
+    (["bench/calibrate_toy.py", "--token-prior"], "--token-prior needs --traces FILE"),
     (["bench/one_success.py", "--lr", "0"], "--lr must be > 0 and finite, got 0.0"),
     (["bench/takeoff.py", "runs", "--window", "0"], "--window must be >= 1, got 0"),
     (["bench/prefix_success.py", "--fractions", "0.2", "1.4"], "--fractions must be in [0, 1], got (0.2, 1.4)"),

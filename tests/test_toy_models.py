@@ -73,6 +73,84 @@ def test_pretrain_command_remakes_a_model(tmp_path):
     assert bad.returncode == 2 and "usage: python models.py pretrain" in bad.stderr
 
 
+def test_calibrate_toy_marks_the_entries_no_prefixed_rollout_writes(capsys):
+    """--families with traces: an entry is marked when none of its problem's prefixes (prefixrl.py's cuts of the
+    whole pool, one draw in order) leaves a use of it to the policy. Checked against the union, over the prefixes,
+    of the entries each leaves to the policy, found from the trace's tokens."""
+    import re
+
+    import utils
+    calibrate_toy = load_calibrate_toy()
+    args = calibrate_toy.Args()
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    path = os.path.join(models.SHIPPED, "toy", "traces.json")
+    traces, _ = utils.load_traces(path, problems=task.train)
+    left_to_policy = {}
+    for p, prefix in utils.cut_prefixes(task, task.train, traces, args.cuts_per_trace, args.cut_min, args.cut_max, args.trace_seed):
+        ids, adds = traces[p.id].token_ids, p.meta["params"][2]
+        steps_before = [sum(i not in tasks.ENTRIES for i in ids[:j]) for j in range(len(ids))]  # values written before token j
+        left_to_policy.setdefault(p.id, set()).update(adds[steps_before[j]] for j in range(len(prefix), len(ids)) if ids[j] in tasks.ENTRIES)
+    expected = {p.id: {b for b in p.meta["params"][2] if b >= tasks.BIG} - left_to_policy[p.id] for p in task.train if p.id in traces}
+    got = calibrate_toy.unwritten_entries(task, task.train, traces, args)
+    assert got == expected
+    marked = [p for p in task.train if expected.get(p.id)]
+    assert 0 < len(marked) < len(expected)  # some problems have such an entry, not all
+    capsys.readouterr()
+    model, _, _ = models.load_model("toy", "unused-cache", "cpu")
+    chosen = marked[-3:]  # not the first problems of the pool: their cuts come after others' in the draw
+    calibrate_toy.entry_report(model, task, chosen, path, args)
+    out = capsys.readouterr().out
+    for p in chosen:
+        line = next(x for x in out.splitlines() if x.startswith(f"  F{p.meta['family']}: "))
+        assert {int(b) for b in re.findall(r"\+(\d+) [0-9.]+\*", line)} == expected[p.id]
+    n_inside = sum(sum(b in expected[p.id] for b in p.meta["params"][2]) for p in chosen)
+    assert f"hard steps whose entry no prefixed rollout writes: {n_inside} of {sum(p.meta['hard'] for p in chosen)}" in out
+
+
+def test_calibrate_toy_token_prior_scores_other_families_rules(capsys):
+    """--token-prior: an entry's token score is how many of the other pool families' rules (at any big number)
+    are its decoy token minus how many are its rule token, never counting its own family's; the report splits the
+    pool's entries by the score's sign and by whether a prefixed rollout writes them, with each group's mean move
+    of p(right) from the base model."""
+    import numpy as np
+
+    import utils
+    calibrate_toy = load_calibrate_toy()
+    path = os.path.join(models.SHIPPED, "toy", "traces.json")
+    args = calibrate_toy.Args(traces=path, token_prior=True)
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, args.hard_min, args.hard_max, args.n_train, args.n_heldout, args.task_seed)
+    traces, _ = utils.load_traces(path, problems=task.train)
+    pool = [p for p in task.train if p.id in traces]
+    families = [p.meta["family"] for p in pool]
+    rule, decoy = tasks.FAMILY_RULE, tasks.FAMILY_DECOY["base"]
+    score = {}
+    for f in families:
+        for b in range(tasks.BIG, tasks.MOD):
+            score[f, b] = 0
+            for g in families:
+                for j in range(tasks.MOD - tasks.BIG):
+                    if g != f:
+                        score[f, b] += (rule[g][j] == decoy[f][b - tasks.BIG]) - (rule[g][j] == rule[f][b - tasks.BIG])
+            assert calibrate_toy.token_score(f, b, families) == score[f, b]
+    assert any(calibrate_toy.sibling_tokens(f, b) for f, b in score)  # the own family would count: it must not
+    assert 0 < sum(v > 0 for v in score.values()) < len(score)
+    base, _, _ = models.load_model("toy", "unused-cache", "cpu")
+    other, _, _ = models.load_model("toy-gpt2", "unused-cache", "cpu")  # the same vocabulary: every entry moves
+    capsys.readouterr()
+    calibrate_toy.token_prior_report(other, base, task, path, args)
+    out = capsys.readouterr().out
+    now, before = models.toy_calibration(other, pool)[0], models.toy_calibration(base, pool)[0]
+    unwritten = calibrate_toy.unwritten_entries(task, task.train, traces, args)
+    move = {(f, b): np.mean(now[f, b]) - np.mean(before[f, b]) for f, b in score}
+    inside = {(p.meta["family"], b): b in unwritten[p.id] for p in pool for b in range(tasks.BIG, tasks.MOD)}
+    keys = sorted(score)
+    assert f"correlation of the move with the token score {np.corrcoef([score[k] for k in keys], [move[k] for k in keys])[0, 1]:+.2f}" in out
+    for name, want_inside in (("written by a prefixed rollout", False), ("no prefixed rollout writes", True)):
+        for sign, positive in (("> 0", True), ("<= 0", False)):
+            group = [move[k] for k in keys if inside[k] == want_inside and (score[k] > 0) == positive]
+            assert f"  {name}, token score {sign}: {len(group)} entries, mean move {np.mean(group):+.3f}" in out
+
+
 def test_calibrate_toy_counts_standard_rls_successes_on_the_pool_only(capsys, tmp_path):
     """bench/calibrate_toy.py's count: standard RL's rollouts spread over the pool (the problems with a trace),
     times each pool problem's exact pass@1; the pool is not all training problems (rejection sampling finds the
