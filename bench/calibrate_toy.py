@@ -140,7 +140,7 @@ def sibling_tokens(family, b):
 
 
 LOW = 0.3
-"""an entry this far below the base model's coin (p(right) about 0.5) was pushed towards its decoy"""
+"""p(right) of an entry pushed towards its decoy: well under the base model's coin (about 0.5)"""
 
 
 def entry_report(model, task, chosen, trace_path, args):
