@@ -103,11 +103,15 @@ def main(args: Args):
             print(f"p(right | hard step) by position 1..{h}, {len(ps)} training problems of families "
                   f"{' '.join(str(p.meta['family']) for p in chosen if p.meta['hard'] == h)}: " + " ".join(f"{v:.2f}" for v in ps.mean(0)))
     trace_path = utils.trace_cache_path(args.cache_dir, model_id, task, args.trace_budget, args.trace_seed)
-    if args.families and os.path.exists(args.traces or trace_path):  # a policy's cache key is not its base model's: --traces
-        entry_report(model, task, chosen, args.traces or trace_path, args)
-    if args.token_prior:
-        base, _, _ = models.load_model(args.base, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
-        token_prior_report(model, base, task, args.traces, args)
+    pool_traces = args.traces or trace_path  # a policy's cache key is not its base model's: --traces
+    if (args.families or args.token_prior) and os.path.exists(pool_traces):
+        traces, _ = utils.load_traces(pool_traces, problems=task.train)
+        unwritten = unwritten_entries(task, task.train, traces, args)  # the whole pool: the cuts come from one draw, in order
+        if args.families:
+            entry_report(model, chosen, traces, unwritten)
+        if args.token_prior:
+            base, _, _ = models.load_model(args.base, args.cache_dir, "cpu", args.toy_pretrain_steps, toy_length=args.toy_length)
+            token_prior_report(model, base, task, traces, unwritten, args.base)
     if os.path.exists(trace_path):
         rl_successes(model, task, trace_path)
     else:
@@ -143,17 +147,15 @@ LOW = 0.3
 """p(right) of an entry pushed towards its decoy: well under the base model's coin (about 0.5)"""
 
 
-def entry_report(model, task, chosen, trace_path, args):
+def entry_report(model, chosen, traces, unwritten):
     """--families with traces: p(right) of each table entry over its uses in the family's training problem,
     marked where no prefixed rollout writes it (every use inside the shortest prefix) and where it shares a
     token with a sibling entry; then how many entries sit below LOW and why, and p(right) at the hard steps
     whose entry no prefixed rollout writes against the others (docs/measurements.md, "Where PrefixRL stops")."""
-    traces, _ = utils.load_traces(trace_path, problems=task.train)
     chosen = [p for p in chosen if p.id in traces]
     if not chosen:
         print("none of these families' training problems has a trace: no prefixes to compare")
         return
-    unwritten = unwritten_entries(task, task.train, traces, args)  # the whole pool: the cuts come from one draw, in order
     print("p(right) of each table entry over its uses (* no prefixed rollout writes it):")
     inside, outside, low, entries = [], [], [], 0
     for p in chosen:
@@ -185,21 +187,19 @@ def token_score(family, b, pool_families):
     return rules.count(tasks.FAMILY_DECOY["base"][family][i]) - rules.count(tasks.FAMILY_RULE[family][i])
 
 
-def token_prior_report(model, base, task, trace_path, args):
+def token_prior_report(model, base, task, traces, unwritten, base_name):
     """--token-prior: how p(right) of each entry of the pool moved from the base model to this one, split by the
     sign of its token_score and by whether a prefixed rollout writes it (docs/measurements.md, "The entry that
     falls"). Read it early in a run (e.g. a PrefixRL run of --steps 120), before the families' own successes
     decide their entries."""
-    traces, _ = utils.load_traces(trace_path, problems=task.train)
     pool = [p for p in task.train if p.id in traces]
     families = [p.meta["family"] for p in pool]
-    unwritten = unwritten_entries(task, task.train, traces, args)
     now, before = models.toy_calibration(model, pool)[0], models.toy_calibration(base, pool)[0]
     rows = [(token_score(f, b, families), np.mean(now[(f, b)]) - np.mean(before[(f, b)]), b in unwritten[p.id])
             for p, f in zip(pool, families) for b in sorted({b for b in p.meta["params"][2] if b >= tasks.BIG})]
     score, change, inside = (np.array(v) for v in zip(*rows))
     print(f"token prior: {len(rows)} entries of the pool's {len(pool)} problems; p(right) moved by {change.mean():+.3f} on "
-          f"average from {args.base}; correlation of the move with the token score {np.corrcoef(score, change)[0, 1]:+.2f}")
+          f"average from {base_name}; correlation of the move with the token score {np.corrcoef(score, change)[0, 1]:+.2f}")
     for name, where in (("written by a prefixed rollout", ~inside), ("no prefixed rollout writes", inside)):
         for sign, pick in (("> 0", score > 0), ("<= 0", score <= 0)):
             sel = where & pick

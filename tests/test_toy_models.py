@@ -96,9 +96,8 @@ def test_calibrate_toy_marks_the_entries_no_prefixed_rollout_writes(capsys):
     marked = [p for p in task.train if expected.get(p.id)]
     assert 0 < len(marked) < len(expected)  # some problems have such an entry, not all
     capsys.readouterr()
-    model, _, _ = models.load_model("toy", "unused-cache", "cpu")
     chosen = marked[-3:]  # not the first problems of the pool: their cuts come after others' in the draw
-    calibrate_toy.entry_report(model, task, chosen, path, args)
+    calibrate_toy.main(calibrate_toy.Args(families=tuple(p.meta["family"] for p in chosen), traces=path, cache_dir="unused-cache"))
     out = capsys.readouterr().out
     for p in chosen:
         line = next(x for x in out.splitlines() if x.startswith(f"  F{p.meta['family']}: "))
@@ -137,10 +136,10 @@ def test_calibrate_toy_token_prior_scores_other_families_rules(capsys):
     base, _, _ = models.load_model("toy", "unused-cache", "cpu")
     other, _, _ = models.load_model("toy-gpt2", "unused-cache", "cpu")  # the same vocabulary: every entry moves
     capsys.readouterr()
-    calibrate_toy.token_prior_report(other, base, task, path, args)
+    unwritten = calibrate_toy.unwritten_entries(task, task.train, traces, args)
+    calibrate_toy.token_prior_report(other, base, task, traces, unwritten, "toy")
     out = capsys.readouterr().out
     now, before = models.toy_calibration(other, pool)[0], models.toy_calibration(base, pool)[0]
-    unwritten = calibrate_toy.unwritten_entries(task, task.train, traces, args)
     move = {(f, b): np.mean(now[f, b]) - np.mean(before[f, b]) for f, b in score}
     inside = {(p.meta["family"], b): b in unwritten[p.id] for p in pool for b in range(tasks.BIG, tasks.MOD)}
     keys = sorted(score)
