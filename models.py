@@ -478,14 +478,37 @@ def by_family(by_entry: dict) -> dict:
     return families
 
 
+def toy_stop(model, problems):
+    """Teacher-force each toy problem's correct reasoning. Returns, per problem, p('=' right after its last
+    value) and p('=' one value early): how crisply the model knows where a solution ends. Every problem
+    ends with the same count of values, so a stop that drifts one step early fails every problem at
+    once (docs/measurements.md, "The 11-step break")."""
+    model.eval()
+    solutions = [tasks.toy_solution_ids(p.meta["values"], p.meta["entries"]) for p in problems]
+    ids, attn, _ = utils.make_batch([p.prompt_ids for p in problems], solutions, tasks.PAD, "cpu")
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits
+    at_end, early = [], []
+    for i, (p, solution) in enumerate(zip(problems, solutions)):
+        start = len(p.prompt_ids) - 1  # logits[i, start + k] predict the solution's k-th token
+        ends = tasks.toy_step_ends(solution)  # ends[-1]: the '=' after the last value; ends[-2]: one value early
+        p_equals = torch.softmax(logits[i, [start + ends[-1], start + ends[-2]]].float(), -1)[:, tasks.EQUALS]
+        at_end.append(float(p_equals[0]))
+        early.append(float(p_equals[1]))
+    return at_end, early
+
+
 def calibration_summary(model) -> dict:
     """The numbers recorded with a shipped model and checked by tests/test_toy_models.py: p(right) at
-    hard and easy steps of the default problems (training and held-out) and the exact pass@1."""
+    hard and easy steps of the default problems (training and held-out), the exact pass@1, and where
+    the model stops: p('=') after the last value (mean and lowest tenth) and one value early."""
     task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
     by_entry, easy, exact = toy_calibration(model, task.train + task.heldout)
     family_means = [float(np.mean(v)) for v in by_family(by_entry).values()]
+    at_end, early = toy_stop(model, task.train + task.heldout)
     return dict(p_right_hard=float(np.mean([v for vs in by_entry.values() for v in vs])), p_right_hard_family_min=min(family_means),
-                p_right_hard_family_max=max(family_means), p_right_easy=float(np.mean(easy)), exact_pass1=float(np.mean(exact[11])))
+                p_right_hard_family_max=max(family_means), p_right_easy=float(np.mean(easy)), exact_pass1=float(np.mean(exact[11])),
+                p_stop=float(np.mean(at_end)), p_stop_q10=float(np.quantile(at_end, 0.1)), p_stop_early=float(np.mean(early)))
 
 
 SHA256SUMS = os.path.join(SHIPPED, "SHA256SUMS")

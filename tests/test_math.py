@@ -409,11 +409,28 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
             models.toy_model_dir("/nonexistent-cache", 20, 0, length=length)
 
 
+def test_toy_pretraining_sees_every_count_of_hard_steps():
+    """The base models' pretraining problems draw each problem's share of hard steps uniformly, so every
+    count of hard steps 0..L is common, the default problems' L - 1 included (where their solution ends is
+    learned, not extrapolated); b is uniform among the big numbers at a hard step, the small ones at an
+    easy one."""
+    rng = np.random.default_rng(0)
+    draws = [tasks.random_params(rng, tasks.TOY_LENGTH) for _ in range(6500)]
+    counts = np.bincount([sum(b >= tasks.BIG for b in adds) for _, _, adds in draws], minlength=tasks.TOY_LENGTH + 1)
+    assert len(counts) == tasks.TOY_LENGTH + 1 and counts.min() > 0.5 * len(draws) / (tasks.TOY_LENGTH + 1)
+    big = np.bincount([b for _, _, adds in draws for b in adds if b >= tasks.BIG], minlength=tasks.MOD)[tasks.BIG:]
+    small = np.bincount([b for _, _, adds in draws for b in adds if b < tasks.BIG], minlength=tasks.BIG)
+    for numbers in (big, small):
+        assert numbers.min() > 0.9 * numbers.mean()
+    assert {f for f, _, _ in draws} == set(range(tasks.FAMILIES)) and {x for _, x, _ in draws} == set(range(tasks.MOD))
+
+
 def test_toy_families_have_their_own_rules():
     """Each training problem is of its own family, its held-out twin of the same, and uses the family's
     whole table. No property of the values is shared by a family's entries: in every family half the
     entries take the smaller value of their pair as rule and half the one ahead on the circle, and no
-    decoy sits opposite its rule. The other teacher errs where the base one does not. The reward
+    decoy sits opposite its rule. Within a family no token is both a rule and a decoy (one entry's decoy
+    is never a sibling's rule). The other teacher errs where the base one does not. The reward
     checks every value: no path with a decoy step is rewarded."""
     big = range(tasks.BIG, tasks.MOD)
     tables = {tuple(tasks.toy_solve((f, 5, list(big)))[0]) for f in range(tasks.FAMILIES)}
@@ -424,6 +441,7 @@ def test_toy_families_have_their_own_rules():
         assert len(pairs) == len(big) and all(r != d and (r - d) % tasks.MOD != tasks.MOD // 2 for r, d in pairs)
         assert 2 * sum(r < d for r, d in pairs) == len(big)
         assert 2 * sum(0 < (r - d) % tasks.MOD < tasks.MOD // 2 for r, d in pairs) == len(big)
+        assert not set(tasks.FAMILY_RULE[f]) & set(base[f])
         assert all(o not in (r, d) for r, d, o in zip(tasks.FAMILY_RULE[f], base[f], other[f]))
     task = tasks.make_toy_task(12, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
     assert [p.meta["family"] for p in task.train] == [p.meta["family"] for p in task.heldout] == list(range(tasks.FAMILIES))

@@ -59,6 +59,29 @@ def test_shipped_toy_model_matches_its_checksum_and_calibration(name, tmp_path):
     calibration = models.calibration_summary(model)
     assert calibration == pytest.approx(made["calibration"], rel=1e-4, abs=1e-6)
     assert 0.4 < calibration["p_right_hard"] < 0.6 and calibration["p_right_easy"] > 0.95  # the rule-or-decoy coin
+    # it knows where a default solution ends (pretrained on every count of hard steps): the stop before
+    # that pretraining was 0.706 on average, 0.215 at the lowest tenth (docs/measurements.md, "The 11-step break")
+    assert calibration["p_stop_q10"] > 0.9 and calibration["p_stop_early"] < 0.01
+
+
+def test_toy_stop_is_p_equals_after_the_last_and_the_second_last_value():
+    """models.toy_stop: p('=') where the solution writes it (after the L-th value) and where it would stop
+    one step early (after the (L-1)-th value, before the last step's entry), each from a forward of the
+    problem alone, found from the solution's tokens."""
+    import utils
+    model, _, _ = models.load_model("toy", "unused-cache", "cpu")
+    problems = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, 3, 1, 0).train
+    at_end, early = models.toy_stop(model, problems)
+    for p, got_end, got_early in zip(problems, at_end, early):
+        solution = tasks.toy_solution_ids(p.meta["values"], p.meta["entries"])
+        values = [k for k, i in enumerate(solution) if i not in tasks.ENTRIES and k < solution.index(tasks.EQUALS)]
+        assert len(values) == tasks.TOY_LENGTH and solution[values[-2] + 1] in tasks.ENTRIES  # the last step is hard
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor([p.prompt_ids + solution])).logits[0], -1)[:, tasks.EQUALS]
+        before = len(p.prompt_ids) - 1  # probs[before + k]: p('=') as the solution's k-th token
+        assert got_end == pytest.approx(float(probs[before + values[-1] + 1]), rel=1e-4)
+        assert got_early == pytest.approx(float(probs[before + values[-2] + 1]), rel=1e-4, abs=1e-9)
+        assert got_end > 100 * got_early  # the two positions differ
 
 
 def test_pretrain_command_remakes_a_model(tmp_path):
