@@ -550,7 +550,8 @@ class PretrainArgs:
     out: str = ""
     """output directory (default: toy_models/NAME, the shipped copy)"""
     threads: int = 1
-    """torch CPU threads (the shipped models were made with 1: the thread count changes the bytes)"""
+    """torch CPU threads (each shipped model's prefixrl_toy.json records the count it was made with: the
+    count may change the bytes)"""
 
 
 def pretrain_main(a: PretrainArgs):
