@@ -334,7 +334,9 @@ def test_two_processes_update_the_weights_as_one(toy_cache, teacher_traces, tmp_
     (steps1, rows1), (steps2, rows2) = out[1], out[2]
     assert len(steps1) == len(steps2) == ex.steps == 2
     for (grad1, _, _), (grad2, _, _) in zip(steps1, steps2):
-        torch.testing.assert_close(grad2, grad1, rtol=1e-4, atol=1e-5 * grad1.abs().max().item())
+        # two processes sum each weight's per-token terms in another order: float32 rounding of terms
+        # larger than their sum (5e-7 seen where the largest element is 0.03), far below a lost half
+        torch.testing.assert_close(grad2, grad1, rtol=1e-4, atol=1e-4 * grad1.abs().max().item())
     (grad1, before1, after1), (grad2, before2, after2) = steps1[0], steps2[0]
     assert torch.equal(before2, before1)
     # as in the one-step test: Adam magnifies float noise in tiny gradients (so step 2 starts
