@@ -102,7 +102,7 @@ class Args:
     """sampling temperature for training rollouts; the loss uses log pi at this temperature, the
     distribution sampled from"""
     lr: Optional[float] = None
-    """RL's learning rate (default: --optimizer's, models.RL_OPTIMIZERS: SGD 0.035, AdamW 1e-4)"""
+    """RL's learning rate (default: --optimizer's, models.RL_OPTIMIZERS: SGD 0.05, AdamW 1e-4)"""
     optimizer: Optional[Literal["adamw", "sgd"]] = None
     """RL's optimizer: AdamW, or SGD with momentum 0.9, which moves the weights in proportion to the
     gradient, so that a lone success moves them little (default: SGD on the toy task, where standard

@@ -328,11 +328,11 @@ def test_prefixes_cut_to_no_token_are_refused(toy_cache, teacher_traces, tmp_pat
 
 @pytest.mark.parametrize("script", [prefixrl, standard_rl, sft_rl, offpolicy_rl])
 def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, tmp_path):
-    """On the toy task RL's optimizer is by default SGD with momentum 0.9 at lr 0.035 (its momentum
+    """On the toy task RL's optimizer is by default SGD with momentum 0.9 at lr 0.05 (its momentum
     buffers are what the checkpoint holds, args.json records both); sft_rl.py's SFT stays AdamW
     (exp_avg); --optimizer adamw gives AdamW at 1e-4."""
     extra = {"sft_steps": 2} if script is sft_rl else {}
-    cases = ((None, "sgd", 0.035, "momentum_buffer"), ("adamw", "adamw", 1e-4, "exp_avg"))
+    cases = ((None, "sgd", 0.05, "momentum_buffer"), ("adamw", "adamw", 1e-4, "exp_avg"))
     for given, name, lr, state_key in cases[: 2 if script is standard_rl else 1]:
         run_dir = str(tmp_path / name)
         script.main(script.Args(run_dir=run_dir, cache_dir=toy_cache, traces=teacher_traces, **{**TINY, "steps": 1},
@@ -345,20 +345,20 @@ def test_optimizer_sgd_is_what_rl_steps_with(script, toy_cache, teacher_traces, 
         assert (recorded["optimizer"], recorded["lr"], recorded["grad_clip"]) == (name, lr, 0.25 if name == "sgd" else 1.0)
         if script is sft_rl:
             assert state["sft_optimizer"]["state"] and all("exp_avg" in s for s in state["sft_optimizer"]["state"].values())
-    opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.035)
-    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.035
+    opt = utils.optimizer(torch.nn.Linear(2, 2), "sgd", 0.05)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.05
 
 
 def test_the_rl_optimizer_defaults_follow_the_task():
-    """--optimizer / --lr / --grad-clip left out: SGD at 0.035 clipped at 0.25 on the toy task, AdamW at 1e-4
+    """--optimizer / --lr / --grad-clip left out: SGD at 0.05 clipped at 0.25 on the toy task, AdamW at 1e-4
     clipped at 1.0 on any other (a real LM's scale is not the toy's); what is given is kept, and a given
     optimizer without --lr or --grad-clip gets its own."""
-    sgd, adamw = ("sgd", 0.035, 0.25), ("adamw", 1e-4, 1.0)
+    sgd, adamw = ("sgd", 0.05, 0.25), ("adamw", 1e-4, 1.0)
     for flags, want in ((dict(), sgd), (dict(task="arith", model="smollm2-135m"), adamw),
                         (dict(dataset="problems.jsonl", model="smollm2-135m"), adamw),
                         (dict(optimizer="adamw"), adamw), (dict(task="arith", optimizer="sgd"), sgd),
                         (dict(optimizer="sgd", lr=0.01, grad_clip=2.0), ("sgd", 0.01, 2.0)),
-                        (dict(lr=3e-5, task="arith"), ("adamw", 3e-5, 1.0)), (dict(grad_clip=0.5), ("sgd", 0.035, 0.5))):
+                        (dict(lr=3e-5, task="arith"), ("adamw", 3e-5, 1.0)), (dict(grad_clip=0.5), ("sgd", 0.05, 0.5))):
         for script in (prefixrl, standard_rl, sft_rl, offpolicy_rl):
             args = script.Args(**flags)
             models.rl_optimizer_defaults(args)
