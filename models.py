@@ -102,8 +102,8 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_models")
 pretrain --name NAME` with the defaults below: runs load them instead of pretraining"""
 TOY_PRETRAIN_STEPS = {"toy": 6000, "toy-gpt2": 12000}
 """pretraining steps of each shipped toy base model (the scripts' --toy-pretrain-steps 0). The GPT-2
-learns the three-number sums more slowly: at 6,000 steps its exact pass@1 was 4.6e-5 (toy's 1.7e-4) and
-it found 9 traces where toy found 33 (docs/measurements.md)."""
+learns the three-number sums more slowly: on the previous toy design, at 6,000 steps its exact pass@1 was
+4.6e-5 against toy's 1.7e-4 (docs/measurements.md)."""
 
 
 def toy_pretrain_steps(name: str, steps: int = 0) -> int:

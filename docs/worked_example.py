@@ -142,7 +142,7 @@ positions differ; here this problem is the only one.) Each (problem, prefix) pai
     wins = int(sum(rewards[:n]))
     original = ("The original group is all-negative: every reward is 0, so every advantage is exactly 0, and it adds "
                 "nothing to the gradient. That is standard RL's stall on this toy, where the base model's pass@1 is "
-                "about 1.7e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
+                "about 5e-4 (README)." if not any(rewards[n:]) else "The original group has a success too.")
     ending = textwrap.fill(f"The prefixed group has {wins} success{'es' if wins > 1 else ''} in {n}: its advantages are reward − "
                            f"{sum(rewards[:n]) / n:.3f} (the group mean), not all zero, so its rows carry a gradient, and only "
                            f"through their response tokens. {original}", width=105)
