@@ -385,8 +385,8 @@ it touches by a full step (docs/default-toy). Under SGD the clip is the bound on
 four times PrefixRL's typical gradient norm on the toy (median about 0.06), so a spike moves the weights
 at most that far (at 1.0, 6 of the 21 runs of a reproduction broke, most right after spikes of norm 1-4:
 docs/measurements.md). lr 0.05: on the toy whose base model knows where every solution ends, PrefixRL
-is stable at it, and standard RL's families still take off only after 9 or more successes of their own
-(at 0.07 standard RL escapes sooner; docs/measurements.md). AdamW (the paper's, clip 1.0) for any other
+is stable at it, and standard RL's families still take off only after 7 or more successes of their own
+(a median of 14-16; at 0.07 standard RL escapes sooner: docs/measurements.md). AdamW (the paper's, clip 1.0) for any other
 model, whose scale SGD's learning rate does not know."""
 
 
