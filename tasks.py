@@ -222,13 +222,19 @@ def params_with_hard_steps(rng, steps: int, hard: int, family: int):
     sits in the prompt), errs there in other ways than by its decoy. At the hard steps every big
     number comes equally often (as far as `hard` divides; the rest uniform), so a problem uses its
     family's whole table: solving it is learning the family, and its held-out twin needs nothing more.
-    Easy steps add a small number, uniform."""
+    Each big number's last use comes in the last hard steps (the default's last four use the four
+    entries once each), so a cut in the first 60% of the reasoning leaves every entry to the policy
+    and its prefixed groups can learn each one (with the uses in random places, 31 of the 68 pool
+    problems had an entry that no cut left to the policy, and PrefixRL learned them less often:
+    docs/measurements.md, "Last uses last"). Easy steps add a small number, uniform."""
     is_hard = np.zeros(steps, dtype=bool)
     if hard:
         is_hard[1 + rng.choice(steps - 2, hard - 1, replace=False)] = is_hard[-1] = True
     big = np.arange(BIG, MOD)
     hard_adds = np.concatenate([np.repeat(big, hard // len(big)), rng.choice(big, hard % len(big), replace=False)])
-    hard_adds = iter(rng.permutation(hard_adds).tolist())
+    hard_adds = rng.permutation(hard_adds).tolist()
+    last = {b: k for k, b in enumerate(hard_adds)}  # each big number's last use goes to the end, in order
+    hard_adds = iter([b for k, b in enumerate(hard_adds) if last[b] != k] + [b for k, b in enumerate(hard_adds) if last[b] == k])
     adds = [next(hard_adds) if h else int(rng.integers(0, BIG)) for h in is_hard]
     return family, int(rng.integers(0, MOD)), adds
 
@@ -282,7 +288,7 @@ def make_toy_task(steps: int, hard_min: int, hard_max: int, n_train: int, n_held
         pid = f"toy:F{params[0]}:{params[1]}:" + "".join("0123456789XY"[b] for b in params[2])
         meta = {"hard": hard, "family": params[0], "params": params, "values": values, "entries": entries}
         problems.append(Problem(pid, toy_prompt_ids(params), answer, meta))
-    spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard-whole-table", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
+    spec = dict(task="toy", rules=RULES, draw="family-per-problem-first-easy-last-hard-whole-table-last-uses-last", steps=steps, hard=[hard_min, hard_max], n=[n_train, n_heldout], seed=seed)
     return Task(
         name="toy",
         train=problems[:n_train],

@@ -1185,7 +1185,8 @@ def collect_traces(model, task, problems, budget, temperature, seed, cache_path,
     key = traces_key(model_id, task, problems, budget, temperature, seed)
     if not os.path.exists(cache_path) and shipped and traces_file_key(shipped) == key:
         os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-        shutil.copyfile(shipped, cache_path)
+        with open(shipped) as f:  # atomic: a run started beside this one never reads half a file
+            write_atomic(cache_path, f.read())
         traces, flops = load_traces(cache_path, key)
         print(f"rejection sampling: the shipped collection {shipped} (the bytes this collection writes), copied to "
               f"{cache_path}: {len(traces)} traces, its {flops:.3g} FLOPs charged")

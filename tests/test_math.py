@@ -394,6 +394,11 @@ def test_toy_problems_have_exactly_the_hard_steps_asked_for():
             params = tasks.params_with_hard_steps(rng, length, hard, 0)
             entries = tasks.toy_solve(params)[1]
             assert len(params[2]) == length and sum(e is not None for e in entries) == hard
+            bigs = [b for b in params[2] if b >= tasks.BIG]
+            distinct = len(set(bigs))
+            assert sorted(set(bigs[-distinct:])) == sorted(set(bigs)) if hard else not bigs  # each one's last use in the tail
+            if hard >= len(range(tasks.BIG, tasks.MOD)):
+                assert distinct == tasks.MOD - tasks.BIG  # the whole table
     def hard_positions(params):
         return tuple(b >= tasks.BIG for b in params[2])
 
