@@ -229,3 +229,27 @@ def test_shipped_traces_are_the_default_collection(name, tmp_path):
         with torch.no_grad():
             logp = utils.token_logprobs(model, ids, attn)[0][mask > 0]
         torch.testing.assert_close(logp, torch.tensor(t["behaviour_logprobs"]), rtol=0, atol=1e-4)  # batched sampling: float32 rounding
+
+
+def test_shipped_traces_reach_the_cache_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Runs started together (reproduce.py's, or a user's) copy toy's shipped traces into the same cache file:
+    the copy is written beside it and renamed, so no run reads half a file ('not JSON: delete it'), and a stop
+    mid-copy leaves nothing behind."""
+    import utils
+    task = tasks.make_toy_task(tasks.TOY_LENGTH, 11, 11, tasks.FAMILIES, tasks.FAMILIES, 0)
+    model, _, model_id = models.load_model("toy", str(tmp_path), "cpu")
+    cache = tmp_path / "traces.json"
+
+    def collect():
+        return utils.collect_traces(model, task, task.train, 2048, 1.0, 0, str(cache), model_id=model_id,
+                                    shipped=models.shipped_traces(model_id))
+
+    def stopped(src, dst):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", stopped)  # stopped after the copy was written, before it is renamed
+        with pytest.raises(KeyboardInterrupt):
+            collect()
+    assert os.listdir(tmp_path) == []  # no cache file, no leftover
+    traces, flops = collect()
+    assert cache.read_bytes() == open(models.shipped_traces(model_id), "rb").read() and len(traces) > 0
