@@ -233,8 +233,9 @@ def params_with_hard_steps(rng, steps: int, hard: int, family: int):
     big = np.arange(BIG, MOD)
     hard_adds = np.concatenate([np.repeat(big, hard // len(big)), rng.choice(big, hard % len(big), replace=False)])
     hard_adds = rng.permutation(hard_adds).tolist()
-    last = {b: k for k, b in enumerate(hard_adds)}  # each big number's last use goes to the end, in order
-    hard_adds = iter([b for k, b in enumerate(hard_adds) if last[b] != k] + [b for k, b in enumerate(hard_adds) if last[b] == k])
+    last = {b: k for k, b in enumerate(hard_adds)}
+    tail = [b for k, b in enumerate(hard_adds) if last[b] == k]  # each big number's last use, in order
+    hard_adds = iter([b for k, b in enumerate(hard_adds) if last[b] != k] + tail)
     adds = [next(hard_adds) if h else int(rng.integers(0, BIG)) for h in is_hard]
     return family, int(rng.integers(0, MOD)), adds
 
