@@ -128,9 +128,11 @@ def claim_prefixrl_solves_most(c):
     p, a = final_mean(c.pre, "eval/train_pass@1"), final_mean(c.rl8, "eval/train_pass@1")
     if p is None or a is None:
         return claim, "not tested", "needs PrefixRL and RL n=8 runs with eval rows"
+    fp, fa = final_mean(c.pre, "flops"), final_mean(c.rl8, "flops")
+    at = f"; final FLOPs {fp:.3g} and {fa:.3g}" if None not in (fp, fa) else ""
     return claim, status_of([p >= 0.5, p >= 3 * a]), (
         f"final eval train pass@1: PrefixRL {p:.3f}, {c.rl8.label} {a:.3f} "
-        f"(PrefixRL / {c.rl8.label} = " + (f"{p / a:.1f})" if a > 0 else "inf)"))
+        f"(PrefixRL / {c.rl8.label} = " + (f"{p / a:.1f}" if a > 0 else "inf") + at + ")")
 
 
 def claim_heldout_above_rl(c):

@@ -328,8 +328,8 @@ def results_section(slabel, methods):
                    if d["final_step"] is not None})
     if len(ends) > 1:
         lines += [f"Note: the runs end at different steps ({', '.join(map(str, ends))}): runs cut "
-                  "short, or run to another budget (reproduce.py runs standard RL to about "
-                  "PrefixRL's FLOPs); compare final values with that in mind.", ""]
+                  "short, or run to another budget (reproduce.py runs PrefixRL and standard RL to "
+                  "about the same FLOPs); compare final values with that in mind.", ""]
     lines += ["Computed from the runs above by plot.py; the thresholds are stated with each "
               "measurement.", ""]
     checked = claims.check(methods)

@@ -360,10 +360,10 @@ def test_reproduce_dry_run_lists_the_commands(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     cmds = [ln.split("  > ")[0] for ln in lines if ln.startswith("python ") and "plot.py" not in ln]
     traces = f"{out}/traces/toy-gpt2.json"
-    flags = {"prefixrl": "prefixrl.py", "rl_n8": "standard_rl.py --steps 800 --eval-every 40 ",
+    flags = {"prefixrl": "prefixrl.py --steps 500 ", "rl_n8": "standard_rl.py --steps 800 --eval-every 40 ",
              "rl_n64": "standard_rl.py --rollouts 64 --prompts-per-step 2 --steps 800 --eval-every 40 ",
-             "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --prefixed-only ",
-             "prefixrl_other_family": f"prefixrl.py --traces {traces} "}
+             "sft_rl": "sft_rl.py", "offpolicy_rl": "offpolicy_rl.py", "prefixrl_prefixed_only": "prefixrl.py --steps 500 --prefixed-only ",
+             "prefixrl_other_family": f"prefixrl.py --steps 500 --traces {traces} "}
     want = []
     for s in (1, 2):
         for m, f in flags.items():
