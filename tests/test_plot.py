@@ -328,6 +328,8 @@ def test_standard_rl_on_other_family_traces_is_a_method_of_its_own(tmp_path):
     (claims.claim_rl8_stays_low, {"rl8": {"train": {"train/all_negative_frac": .4}}}, "partly", "over the whole run 0.400 ('most' = above 0.5)"),
     (claims.claim_rl64_between, {"rl64": {"pass1": [0, .1, .2, .3, .6]}}, "partly", "RL n=64 0.600, PrefixRL 0.700 ('well below' = at most 0.67"),
     (claims.claim_prefixrl_solves_most, {"pre": {"pass1": [0, .1, .2, .3, .4]}}, "partly", "PrefixRL 0.400, RL n=8 0.120"),
+    # >= 3x, but at more FLOPs than standard RL spent: not a like-for-like final
+    (claims.claim_prefixrl_solves_most, {"pre": {"flops_per_eval": 5e12}}, "partly", "final FLOPs: PrefixRL 2e+13, RL n=8"),
     (claims.claim_heldout_above_rl, {"rl64": {"heldout": [0, .1, .2, .3, .8]}}, "partly", "PrefixRL 0.700, RL n=8 0.120, RL n=64 0.800"),
     (claims.claim_ahead_on_flops, {"pre": {"pass1": [0, .02, .5, .6, .7]}}, "partly", "vs RL n=8: ahead at 3/4 points compared, 0 beyond"),
     (claims.claim_ahead_on_flops, {"pre": {"flops_per_eval": 3e11}}, "partly", "vs RL n=8: ahead at 1/1 points compared, 3 beyond"),
