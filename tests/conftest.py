@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import sys
@@ -5,7 +6,8 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
 import tasks  # noqa: E402
@@ -42,3 +44,12 @@ def teacher_traces(tmp_path_factory):
 def read_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def load_script(path):
+    """A script of bench/ or docs/ (not packages) as a module, e.g. load_script("bench/takeoff.py")."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

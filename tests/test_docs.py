@@ -1,24 +1,16 @@
-"""The teaching pages are generated from the code and must be current: docs/worked-example.md and docs/diffs.md."""
+"""The teaching pages are generated from the code and must be current: docs/worked-example.md and docs/diffs.md;
+docs/default-toy records the checksums of the runs its results came from."""
 
-import importlib.util
 import itertools
+import json
 import os
 import random
+import re
 
 import pytest
+from conftest import ROOT, load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name):
-    """A script of docs/, which is not a package."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "docs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worked_example, diffs = load("worked_example"), load("diffs")
+worked_example, diffs = load_script("docs/worked_example.py"), load_script("docs/diffs.py")
 
 
 def test_worked_example_page_is_current():
@@ -69,3 +61,21 @@ def test_shortest_diff_turns_a_into_b_with_the_fewest_changed_lines():
 def is_subsequence(sub, seq):
     it = iter(seq)
     return all(x in it for x in sub)
+
+
+def test_default_toy_checksums_cover_every_run_of_its_results():
+    """docs/default-toy/runs.sha256 holds, in `sha256sum` format, the metrics.jsonl and final_eval.json of
+    every run that results.json was drawn from: a reproduction elsewhere is checked byte for byte with
+    `sha256sum -c --ignore-missing docs/default-toy/runs.sha256`."""
+    folder = os.path.join(ROOT, "docs", "default-toy")
+    with open(os.path.join(folder, "runs.sha256")) as f:
+        lines = f.read().splitlines()
+    listed = [re.fullmatch(r"[0-9a-f]{64}  (\S+)", line) for line in lines]
+    assert all(listed), f"not a sha256sum line: {lines[listed.index(None)]!r}"
+    listed = {m.group(1) for m in listed}
+    with open(os.path.join(folder, "results.json")) as f:
+        runs = {run["run"] for setting in json.load(f) for seeds in setting["methods"].values() for run in seeds}
+    assert runs
+    missing = sorted(f"{r}/{name}" for r in runs for name in ("metrics.jsonl", "final_eval.json")
+                     if f"{r}/{name}" not in listed)
+    assert not missing, f"docs/default-toy/runs.sha256 lacks {missing}: run sha256sum on the runs of results.json"

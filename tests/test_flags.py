@@ -259,6 +259,7 @@ ENTRY_POINTS = [  # every entry point from the command line, with an empty cache
     (["bench/calibrate_toy.py", "--token-prior"], "--token-prior needs --traces FILE"),
     (["bench/one_success.py", "--lr", "0"], "--lr must be > 0 and finite, got 0.0"),
     (["bench/takeoff.py", "runs", "--window", "0"], "--window must be >= 1, got 0"),
+    (["bench/is_weights.py", "no-such-run"], "'no-such-run/metrics.jsonl' does not exist"),
     (["bench/prefix_success.py", "--fractions", "0.2", "1.4"], "--fractions must be in [0, 1], got (0.2, 1.4)"),
     (["bench/sampler_speed.py", "--rows", "0"], "--rows must be >= 1, got 0"),
     (["bench/step_memory.py", "standard_rl.py", "--steps", "0"], "--steps must be >= 1, got 0"),

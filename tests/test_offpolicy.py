@@ -15,7 +15,7 @@ import sft_rl
 import standard_rl
 import tasks
 import utils
-from conftest import read_metrics
+from conftest import load_script, read_metrics
 from test_math import grads, random_batch, tiny_model
 from test_resume import stops
 from test_smoke import EVAL_KEYS, ROOT, TINY, TRAIN_KEYS
@@ -85,6 +85,23 @@ def test_acceptance_correction_divides_the_behaviour_density_by_one_over_attempt
     expected = ((logp - behaviour) * mask).sum(1).exp() / torch.tensor([1.0, 40.0, 650.0])
     torch.testing.assert_close(seq[:, 5], expected)
     torch.testing.assert_close(torch.where(mask > 0, tok, 1.0).prod(1), expected)
+
+
+def test_is_weights_bound_is_the_largest_token_weight_a_trace_can_get():
+    """bench/is_weights.py's bound, max_t attempts^(-1/L) / pi_0(y_t), is the weight trace_weights gives
+    the trace's least likely token when the policy is sure of it, and no token's weight exceeds it."""
+    weight_bound = load_script("bench/is_weights.py").weight_bound
+    g = torch.Generator().manual_seed(2)
+    for attempts in (1, 40, 1976):
+        behaviour = (-torch.rand(12, generator=g) * 2).tolist()
+        trace = utils.Trace("p", list(range(12)), "", attempts, 1.0, behaviour)
+        mask = torch.ones(2, 12)
+        sure, unsure = torch.zeros(12), -torch.rand(12, generator=g)  # pi_theta = 1 on every token, or less
+        log_accept = torch.full((2,), -math.log(attempts))
+        w, _ = offpolicy_rl.trace_weights(torch.stack([sure, unsure]), torch.tensor([behaviour] * 2), mask,
+                                          log_accept, weight_args("token"))
+        assert w[0].max().item() == pytest.approx(weight_bound(trace), rel=1e-5)
+        assert w[1].max().item() < weight_bound(trace)
 
 
 def test_policy_shaping_gradient_is_luffys():

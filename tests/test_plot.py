@@ -17,6 +17,7 @@ import reproduce
 import rundirs
 import tasks
 from utils import InputError
+from conftest import load_script
 
 STEPS, EVERY = 20, 5
 # method: (script, flags, final train pass@1 before the seed's offset, rejection-sampling FLOPs, label in plot.py)
@@ -487,12 +488,7 @@ def test_reproduce_copies_the_shipped_other_family_traces_for_the_default_proble
 
 # BENCH/TAKEOFF.PY: per family, the first success and the take-off, from groups.jsonl
 def load_takeoff():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("takeoff", os.path.join(os.path.dirname(plot.__file__), "bench", "takeoff.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/takeoff.py")
 
 
 def test_takeoff_is_the_first_window_at_the_rate_and_counts_the_successes_before_it():

@@ -3,6 +3,7 @@ pretraining; and the command that remakes them runs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,18 +12,13 @@ import torch
 
 import models
 import tasks
+from conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_calibrate_toy():
-    """bench/calibrate_toy.py as a module (bench/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("calibrate_toy", os.path.join(ROOT, "bench", "calibrate_toy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/calibrate_toy.py")
 
 
 def test_calibrate_toy_by_position_is_each_hard_step_in_solution_order():
@@ -253,3 +249,28 @@ def test_shipped_traces_reach_the_cache_whole_or_not_at_all(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []  # no cache file, no leftover
     traces, flops = collect()
     assert cache.read_bytes() == open(models.shipped_traces(model_id), "rb").read() and len(traces) > 0
+
+
+# A short default run's bytes, as made on 2026-12-05 by a fresh clone on a 2-core x86 VM (family 6, model 167,
+# AVX-512 and AMX) at commit fc49aae; docs/default-toy/runs.sha256 holds the full runs' bytes.
+SHORT_RUN = ["prefixrl.py", "--steps", "20", "--eval-every", "10", "--final-eval-samples", "8", "--threads", "1"]
+SHORT_RUN_SHA256 = {"metrics.jsonl": "b9c404b8fc58fa6036234bb2ccf11f446648546fc20fe66e80a8af348e2b10a9",
+                    "final_eval.json": "6ab862811b4b2b3554491080b804a4f59c7e9b64a5e5aff2b48505dbe03db107"}
+
+
+def test_a_short_default_run_repeats_the_recorded_bytes(tmp_path):
+    """Issue 25's 'same seed, same metrics.jsonl bytes on another machine of this kind': 20 PrefixRL steps of
+    the default toy (shipped model and traces, one thread) must give the bytes recorded above, wherever the
+    test runs. On a CPU other than the recording one a failure here is a finding, not noise: the float32 path
+    depends on the instruction set (docs/measurements.md, "Bytes across machines")."""
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, *SHORT_RUN, "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(run)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    got = {name: models.file_sha256(str(run / name)) for name in SHORT_RUN_SHA256}
+    cpu = torch.backends.cpu.get_cpu_capability()  # ATen's kernels: AVX512 on the recording CPU
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = re.search(r"^model\s*:\s*(\d+)", info, re.M)
+        cpu += f", model {model.group(1) if model else '?'}, AMX {'amx_tile' in info}"
+    assert got == SHORT_RUN_SHA256, f"this machine's bytes differ from the recorded ones; its CPU: {cpu}"
