@@ -251,26 +251,34 @@ def test_shipped_traces_reach_the_cache_whole_or_not_at_all(tmp_path, monkeypatc
     assert cache.read_bytes() == open(models.shipped_traces(model_id), "rb").read() and len(traces) > 0
 
 
-# A short default run's bytes, as made on 2026-12-05 by a fresh clone on a 2-core x86 VM (family 6, model 167,
-# AVX-512 and AMX) at commit fc49aae; docs/default-toy/runs.sha256 holds the full runs' bytes.
+# A short default run's bytes, as made on 2026-12-05 at commit fc49aae on a 2-core x86 VM, and that VM's CPU;
+# docs/default-toy/runs.sha256 holds the full runs' bytes. A change that moves the runs' bytes re-records both.
 SHORT_RUN = ["prefixrl.py", "--steps", "20", "--eval-every", "10", "--final-eval-samples", "8", "--threads", "1"]
 SHORT_RUN_SHA256 = {"metrics.jsonl": "b9c404b8fc58fa6036234bb2ccf11f446648546fc20fe66e80a8af348e2b10a9",
                     "final_eval.json": "6ab862811b4b2b3554491080b804a4f59c7e9b64a5e5aff2b48505dbe03db107"}
+RECORDING_CPU = "AVX512, model 167, AMX True"
 
 
-def test_a_short_default_run_repeats_the_recorded_bytes(tmp_path):
-    """Issue 25's 'same seed, same metrics.jsonl bytes on another machine of this kind': 20 PrefixRL steps of
-    the default toy (shipped model and traces, one thread) must give the bytes recorded above, wherever the
-    test runs. On a CPU other than the recording one a failure here is a finding, not noise: the float32 path
-    depends on the instruction set (docs/measurements.md, "Bytes across machines")."""
-    run = tmp_path / "run"
-    subprocess.run([sys.executable, *SHORT_RUN, "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(run)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
-    got = {name: models.file_sha256(str(run / name)) for name in SHORT_RUN_SHA256}
-    cpu = torch.backends.cpu.get_cpu_capability()  # ATen's kernels: AVX512 on the recording CPU
+def this_cpu():
+    """What the float32 path's bytes depend on: ATen's kernel set, the CPU model, AMX (docs/measurements.md)."""
+    cpu = torch.backends.cpu.get_cpu_capability()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             info = f.read()
         model = re.search(r"^model\s*:\s*(\d+)", info, re.M)
         cpu += f", model {model.group(1) if model else '?'}, AMX {'amx_tile' in info}"
-    assert got == SHORT_RUN_SHA256, f"this machine's bytes differ from the recorded ones; its CPU: {cpu}"
+    return cpu
+
+
+def test_a_short_default_run_repeats_the_recorded_bytes(tmp_path):
+    """Issue 25's 'same seed, same metrics.jsonl bytes on another machine of this kind': 20 PrefixRL steps of
+    the default toy (shipped model and traces, one thread) give the bytes recorded above. On the recording CPU
+    they must. On another CPU equal bytes pass, and other bytes are an xfail naming that CPU: a finding about
+    portability (the bytes depend on MKL's and ATen's kernel choice), not a broken build."""
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, *SHORT_RUN, "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(run)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    got = {name: models.file_sha256(str(run / name)) for name in SHORT_RUN_SHA256}
+    if got != SHORT_RUN_SHA256 and this_cpu() != RECORDING_CPU:
+        pytest.xfail(f"other bytes on this CPU ({this_cpu()}) than on the recording one ({RECORDING_CPU})")
+    assert got == SHORT_RUN_SHA256, f"other bytes than recorded on the recording CPU ({RECORDING_CPU})"
