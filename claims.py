@@ -371,6 +371,9 @@ def claim_grad_norm_and_std(c):
     txt += "; mean grad std " + ", ".join(
         f"{m.label} {'not logged' if s is None else f'{s:.3g}'}" for m, s in zip(shown, std))
     if c.off is not None:
+        weights = [max(v) for v in (train_window(r, "train/max_is_weight", 0, 1) for r in c.off.runs) if v]
+        if weights:  # the paper's spikes come from trace tokens whose weight grows far above 1
+            txt += f"; largest importance weight of {c.off.label}'s trace tokens {max(weights):.3g}"
         (sp, so), (dp, do) = spread, std
         # spiky: off-policy's max/median above PrefixRL's
         checks.append(sp is not None and so is not None and so[2] > sp[2])

@@ -261,7 +261,7 @@ REGIME = {
     "other": dict(script="prefixrl", traces="/cache/toy-gpt2.json", pass1=[0, .2, .4, .6, .65], heldout=[0, .1, .2, .3, .68],
                   flops_per_eval=5e10, offset=5e10),
     "off": dict(script="offpolicy_rl", pass1=[0, .1, .2, .3, .35], flops_per_eval=1e11, offset=5e10,
-                train={"train/grad_norm": .5, "train/grad_std": .3}),
+                train={"train/grad_norm": .5, "train/grad_std": .3, "train/max_is_weight": 1.9}),
 }
 REGIME_CLAIMS = [claims.claim_rl8_stays_low, claims.claim_rl64_between, claims.claim_prefixrl_solves_most,
                  claims.claim_heldout_above_rl, claims.claim_ahead_on_flops]
@@ -289,7 +289,7 @@ def test_regime_claims_supported():
             "final held-out pass@1: own traces 0.700, PrefixRL, other-family traces 0.680") in measured
     _, _, measured = claims.claim_grad_norm_and_std(cast)
     assert ("grad norm PrefixRL max 0.2, median 0.2 (max/median 1.0), Off-policy RL max 0.5, median 0.5 (max/median 1.0); "
-            "mean grad std PrefixRL 0.1, Off-policy RL 0.3") in measured
+            "mean grad std PrefixRL 0.1, Off-policy RL 0.3; largest importance weight of Off-policy RL's trace tokens 1.9") in measured
 
 
 
