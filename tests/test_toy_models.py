@@ -12,9 +12,7 @@ import torch
 
 import models
 import tasks
-from conftest import load_script
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, load_script
 
 
 def load_calibrate_toy():
